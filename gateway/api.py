@@ -1,0 +1,200 @@
+"""The HTTP API: the bot registry, start/stop, and messages without a WebSocket."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.appkeys import NODE
+from gateway.auth import Principal
+from gateway.handshake import authenticate, json_error
+from gateway.node import Node, user_ref
+from gateway.session import change_bot_state
+from shared import kinds, protocol
+from shared.broker import BrokerUnavailable
+from shared.errors import ChatError, ErrorCode
+from shared.models import MAX_BOT_NAME, Bot
+
+routes = web.RouteTableDef()
+PRINCIPAL = web.RequestKey("principal", Principal)
+MAX_BODY = 64 * 1024
+HISTORY_LIMIT = 1000
+
+
+def ok(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+@web.middleware
+async def api_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Authenticate /api requests and turn failures into JSON errors."""
+    if (
+        not request.path.startswith("/api/")
+        or request.path.startswith("/api/dev/")
+        or request.path == "/api/openapi.json"
+    ):
+        return await handler(request)
+    node = request.app[NODE]
+    request[PRINCIPAL] = await authenticate(request, node.verifier, node.metrics)
+    try:
+        return await handler(request)
+    except ChatError as exc:
+        return json_error(exc.code, exc.message)
+    except BrokerUnavailable:
+        node.metrics.redis_errors.inc()
+        return json_error(ErrorCode.UNAVAILABLE, "storage is unavailable; retry")
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ChatError(ErrorCode.TOO_LARGE, f"the body is larger than {MAX_BODY} bytes")
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise ChatError(ErrorCode.TOO_LARGE, f"the body is larger than {MAX_BODY} bytes")
+    try:
+        body = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError:
+        raise ChatError(ErrorCode.BAD_REQUEST, "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ChatError(ErrorCode.BAD_REQUEST, "the body must be a JSON object")
+    return body
+
+
+async def _bot(request: web.Request, *, manage: bool = False) -> Bot:
+    """The bot of the path; 404 when it does not exist, 403 when the caller may not use it."""
+    node, principal = request.app[NODE], request[PRINCIPAL]
+    bot_id = request.match_info["bot"]
+    if not protocol.ROOM_ID.match(bot_id):
+        raise ChatError(ErrorCode.NOT_FOUND, "no such bot")
+    bot = await node.broker.registry.get(bot_id)
+    if bot is None:
+        raise ChatError(ErrorCode.NOT_FOUND, "no such bot")
+    if manage:
+        if not bot.may_manage(principal.user, is_admin=principal.is_admin):
+            raise ChatError(ErrorCode.FORBIDDEN, "only the owner or an admin may do this")
+    elif not bot.may_use(
+        principal.user, is_admin=principal.is_admin, members=await node.broker.registry.members(bot_id)
+    ):
+        raise ChatError(ErrorCode.FORBIDDEN, "you may not use this bot")
+    return bot
+
+
+@routes.post("/api/bots")
+async def create_bot(request: web.Request) -> web.Response:
+    node, principal = request.app[NODE], request[PRINCIPAL]
+    body = await _json_body(request)
+    name, kind = body.get("name"), body.get("kind", "echo")
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_BOT_NAME:
+        raise ChatError(ErrorCode.BAD_REQUEST, f"name must be a string of 1-{MAX_BOT_NAME} characters")
+    if not isinstance(kind, str):
+        raise ChatError(ErrorCode.BAD_REQUEST, "kind must be a string")
+    if kind in kinds.PRIVILEGED_KINDS and not principal.is_admin:
+        raise ChatError(ErrorCode.FORBIDDEN, f"creating a {kind} bot needs the admin role")
+    try:
+        config = kinds.validate_config(kind, body.get("config"))
+    except ValueError as exc:
+        raise ChatError(ErrorCode.BAD_REQUEST, str(exc)) from None
+    bot = Bot(
+        id="b" + secrets.token_hex(6),
+        name=name.strip(),
+        kind=kind,
+        owner=principal.user,
+        config=config,
+        created=int(time.time() * 1000),
+    )
+    await node.broker.registry.create(bot)
+    return ok(bot.to_api(), 201)
+
+
+@routes.get("/api/bots")
+async def list_bots(request: web.Request) -> web.Response:
+    node, principal = request.app[NODE], request[PRINCIPAL]
+    bots = await node.broker.registry.list_for(principal.user, is_admin=principal.is_admin)
+    return ok({"bots": [bot.to_api() for bot in bots]})
+
+
+@routes.get("/api/bots/{bot}")
+async def get_bot(request: web.Request) -> web.Response:
+    return ok((await _bot(request)).to_api())
+
+
+@routes.delete("/api/bots/{bot}")
+async def delete_bot(request: web.Request) -> web.Response:
+    bot = await _bot(request, manage=True)
+    await request.app[NODE].broker.registry.delete(bot.id)
+    return web.Response(status=204)
+
+
+@routes.put("/api/bots/{bot}/members/{user}")
+async def add_member(request: web.Request) -> web.Response:
+    bot = await _bot(request, manage=True)
+    await request.app[NODE].broker.registry.add_member(bot.id, _user(request))
+    return web.Response(status=204)
+
+
+@routes.delete("/api/bots/{bot}/members/{user}")
+async def remove_member(request: web.Request) -> web.Response:
+    bot = await _bot(request, manage=True)
+    await request.app[NODE].broker.registry.remove_member(bot.id, _user(request))
+    return web.Response(status=204)
+
+
+def _user(request: web.Request) -> str:
+    user = request.match_info["user"]
+    if not 0 < len(user) <= 128 or any(ord(c) < 32 for c in user):
+        raise ChatError(ErrorCode.BAD_REQUEST, "user must be 1-128 printable characters")
+    return user
+
+
+@routes.post("/api/bots/{bot}/start")
+async def start_bot(request: web.Request) -> web.Response:
+    bot = await _bot(request, manage=True)
+    return ok((await change_bot_state(request.app[NODE], bot, "start")).to_api(), 202)
+
+
+@routes.post("/api/bots/{bot}/stop")
+async def stop_bot(request: web.Request) -> web.Response:
+    bot = await _bot(request, manage=True)
+    return ok((await change_bot_state(request.app[NODE], bot, "stop")).to_api(), 202)
+
+
+@routes.post("/api/bots/{bot}/messages")
+async def post_message(request: web.Request) -> web.Response:
+    node: Node = request.app[NODE]
+    bot = await _bot(request)
+    body = await _json_body(request)
+    text = body.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ChatError(ErrorCode.BAD_REQUEST, "text must be a non-empty string")
+    if len(text) > node.settings.max_text_length:
+        raise ChatError(ErrorCode.TOO_LARGE, f"text is longer than {node.settings.max_text_length} characters")
+    tail = protocol.message_tail(bot.id, user_ref(request[PRINCIPAL]), text)
+    appended = await node.broker.history.append(bot.id, tail, request=True)
+    node.metrics.messages_published.inc()
+    return ok({"id": appended.id, "ts": appended.ts}, 202)
+
+
+@routes.get("/api/bots/{bot}/messages")
+async def get_messages(request: web.Request) -> web.Response:
+    node: Node = request.app[NODE]
+    bot = await _bot(request)
+    try:
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        raise ChatError(ErrorCode.BAD_REQUEST, "limit must be an integer") from None
+    if not 1 <= limit <= HISTORY_LIMIT:
+        raise ChatError(ErrorCode.BAD_REQUEST, f"limit must be between 1 and {HISTORY_LIMIT}")
+    try:
+        since = protocol.validate_since(request.query.get("since"))
+    except ChatError as exc:
+        raise ChatError(ErrorCode.BAD_REQUEST, exc.message) from None
+    history = node.broker.history
+    page = await (history.read_range(bot.id, since, limit) if since else history.read_latest(bot.id, limit))
+    messages = b",".join(frame for _, frame in page.entries)
+    last_id = orjson.dumps(page.last_id)
+    body = b'{"messages":[' + messages + b'],"last_id":' + last_id + b"}"
+    return web.Response(body=body, content_type="application/json")

@@ -1,0 +1,138 @@
+"""The application factory: routes, shared state and paired start-up/teardown of resources."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import logging
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway import api
+from gateway.appkeys import METRICS, NODE, SETTINGS
+from gateway.auth import TokenVerifier
+from gateway.metrics import GatewayMetrics
+from gateway.node import Node
+from gateway.ws import websocket
+from shared.broker import Broker, BrokerUnavailable, make_broker
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+STATIC = resources.files("gateway").joinpath("static")
+BROKER = web.AppKey("broker", Broker)
+
+
+def create_app(
+    settings: Settings, *, broker: Broker | None = None, secret: str | None = None, store: Any = None
+) -> web.Application:
+    """An unstarted gateway app. ``broker`` or ``store`` let tests run several nodes in one process."""
+    app = web.Application(middlewares=[api.api_errors], client_max_size=1 << 20)
+    metrics = GatewayMetrics()
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+
+    async def resources_ctx(app: web.Application) -> AsyncIterator[None]:
+        owned = broker is None
+        the_broker = broker or make_broker(settings, store=store)
+        verifier = TokenVerifier(settings, secret=secret)
+        node = Node(settings, the_broker, verifier, metrics)
+        node.verifier_secret = secret or settings.jwt_secret
+        app[BROKER] = the_broker
+        app[NODE] = node
+        background = [asyncio.create_task(node.keep_presence(), name="presence")]
+        workers = await _start_in_process_workers(settings, the_broker)
+        metrics.ready.set(1)
+        yield
+        metrics.ready.set(0)
+        for stop in workers:
+            await stop()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await node.close()
+        await verifier.close()
+        if owned:
+            await the_broker.close()
+
+    app.cleanup_ctx.append(resources_ctx)
+    app.on_shutdown.append(_close_sockets)
+    app.router.add_get("/ws", websocket)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/", index)
+    app.router.add_static("/static", str(STATIC), append_version=False)
+    app.add_routes(api.routes)
+    if settings.dev_login:
+        app.router.add_post("/api/dev/token", dev_token)
+    return app
+
+
+async def dev_token(request: web.Request) -> web.Response:
+    """Mint a token for any user name: development only, behind --dev-login."""
+    from gateway.auth import mint_token
+
+    secret = request.app[NODE].verifier_secret
+    try:
+        body = await request.json()
+        user = body["user"]
+        assert isinstance(user, str) and 0 < len(user.strip()) <= 64
+    except Exception:
+        return web.json_response({"error": "bad_request", "message": 'send {"user": "name"}'}, status=400)
+    if secret is None:
+        return web.json_response({"error": "not_found", "message": "dev login needs an HS256 secret"}, status=404)
+    token = mint_token(secret, user.strip(), ttl=12 * 3600, name=user.strip())
+    return web.json_response({"token": token, "exp": int(time.time()) + 12 * 3600})
+
+
+async def _start_in_process_workers(settings: Settings, broker: Broker) -> list[Any]:
+    """In the single-process mode the bot workers run here, on the same in-memory broker."""
+    if not settings.single_process or settings.in_process_workers == 0:
+        return []
+    from importlib import import_module
+
+    # looked up by name: the gateway package does not depend on the worker package
+    embedded = import_module("worker.embedded")
+    return [await embedded.start(settings, broker, index) for index in range(settings.in_process_workers)]
+
+
+async def _close_sockets(app: web.Application) -> None:
+    node = app[NODE]
+    node.draining = True
+    for connection in list(node.connections.values()):
+        with contextlib.suppress(Exception):
+            await connection.ws.close(code=1001, message=b"server shutdown")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "node": request.app[SETTINGS].node_id})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    if node.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    try:
+        await asyncio.wait_for(node.broker.ping(), 2)
+    except (BrokerUnavailable, OSError, TimeoutError):
+        return web.json_response({"status": "broker unavailable"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    metrics.subscriptions.set(request.app[NODE].broker.fanout.subscriptions())
+    body = generate_latest(metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    page = STATIC.joinpath("index.html")
+    if not page.is_file():
+        return web.Response(text="chat gateway", content_type="text/plain")
+    return web.Response(body=page.read_bytes(), content_type="text/html", headers={"Cache-Control": "no-cache"})

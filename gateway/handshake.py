@@ -1,0 +1,46 @@
+"""Checks made before a WebSocket or API request is served: Origin and bearer token."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from gateway.auth import AuthError, Principal, TokenVerifier, token_from_request
+from gateway.metrics import GatewayMetrics
+from shared import protocol
+from shared.errors import ErrorCode
+from shared.settings import Settings
+
+
+def json_error(code: ErrorCode, message: str, *, status: int | None = None) -> web.Response:
+    """An HTTP error answer: ``{"error": code, "message": ...}`` with the code's status."""
+    body = protocol.encode({"error": code.value, "message": message})
+    return web.Response(body=body, status=status or code.http_status, content_type="application/json")
+
+
+def origin_allowed(origin: str | None, host: str | None, settings: Settings) -> bool:
+    """Browsers send Origin; it must be listed, or equal the request's Host when nothing is listed.
+
+    Requests without Origin come from non-browser clients, which the token alone authenticates.
+    """
+    if origin is None:
+        return True
+    allowed = settings.allowed_origins
+    if "*" in allowed:
+        return True
+    if allowed:
+        return origin.rstrip("/") in allowed
+    return urlsplit(origin).netloc.lower() == (host or "").lower()
+
+
+async def authenticate(request: web.Request, verifier: TokenVerifier, metrics: GatewayMetrics) -> Principal:
+    """The caller's principal; raises an HTTP 401 answer (never an upgrade) when the token is bad."""
+    token = token_from_request(request.query.get("token"), request.headers.get("Authorization"))
+    try:
+        return await verifier.verify(token)
+    except AuthError as exc:
+        metrics.auth_failures.labels(exc.reason).inc()
+        code = ErrorCode.TOKEN_EXPIRED if exc.reason == "expired" else ErrorCode.UNAUTHORIZED
+        body = protocol.encode({"error": code.value, "message": exc.message}).decode()
+        raise web.HTTPUnauthorized(text=body, content_type="application/json") from None

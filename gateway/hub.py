@@ -1,0 +1,109 @@
+"""This node's rooms: which local connections are in which room, and delivery to them.
+
+The hub holds one broker subscription per room that has a local member. It subscribes on the
+first local join and unsubscribes a little after the last leave (re-checking that nobody came
+back), so clients that flap do not churn SUBSCRIBE/UNSUBSCRIBE. Each event is framed once and
+the same bytes are written to every local member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from gateway.connection import Connection
+from gateway.wire import text_frame
+from shared import protocol
+from shared.broker import FanOut
+
+log = logging.getLogger(__name__)
+UNSUBSCRIBE_DELAY = 1.0
+
+
+class Hub:
+    def __init__(self, fanout: FanOut, *, on_delivered: Callable[[int], None] | None = None) -> None:
+        self.fanout = fanout
+        self.rooms: dict[str, set[Connection]] = {}
+        self._subscribing: dict[str, asyncio.Future[None]] = {}
+        self._subscribed: set[str] = set()
+        self._unsubscribe_timers: dict[str, asyncio.TimerHandle] = {}
+        self._on_delivered = on_delivered
+        fanout.set_handler(self.deliver)
+
+    def deliver(self, room: str, packet: bytes) -> None:
+        """Write one room event to every local member (the broker's handler; never blocks)."""
+        members = self.rooms.get(room)
+        if not members:
+            return
+        message_id, exclude, frame = protocol.unpack(packet)
+        framed = text_frame(frame)
+        delivered = 0
+        for connection in tuple(members):
+            if connection.user == exclude:
+                continue
+            if connection.pending and connection.buffered(room, message_id, framed):
+                continue
+            connection.write(framed)
+            delivered += 1
+        if self._on_delivered is not None:
+            self._on_delivered(delivered)
+
+    async def add(self, room: str, connection: Connection) -> None:
+        """Register a member; returns once this node receives the room's events."""
+        self.rooms.setdefault(room, set()).add(connection)
+        timer = self._unsubscribe_timers.pop(room, None)
+        if timer is not None:
+            timer.cancel()
+        if room in self._subscribed:
+            return
+        waiting = self._subscribing.get(room)
+        if waiting is None:
+            waiting = self._subscribing[room] = asyncio.ensure_future(self._subscribe(room))
+        try:
+            await asyncio.shield(waiting)
+        except Exception:
+            self.remove(room, connection)
+            raise
+
+    async def _subscribe(self, room: str) -> None:
+        try:
+            await self.fanout.subscribe(room)
+            self._subscribed.add(room)
+        finally:
+            self._subscribing.pop(room, None)
+
+    def remove(self, room: str, connection: Connection) -> None:
+        members = self.rooms.get(room)
+        if members is None:
+            return
+        members.discard(connection)
+        if not members:
+            del self.rooms[room]
+            if room in self._subscribed and room not in self._unsubscribe_timers:
+                loop = asyncio.get_running_loop()
+                self._unsubscribe_timers[room] = loop.call_later(UNSUBSCRIBE_DELAY, self._unsubscribe_if_empty, room)
+
+    def _unsubscribe_if_empty(self, room: str) -> None:
+        self._unsubscribe_timers.pop(room, None)
+        if room in self.rooms or room not in self._subscribed:
+            return
+        self._subscribed.discard(room)
+        task = asyncio.get_running_loop().create_task(self.fanout.unsubscribe(room))
+        task.add_done_callback(_log_failure)
+
+    def local_users(self, room: str) -> set[str]:
+        return {c.user for c in self.rooms.get(room, ())}
+
+    def connections(self) -> set[Connection]:
+        return {c for members in self.rooms.values() for c in members}
+
+    def close(self) -> None:
+        for timer in self._unsubscribe_timers.values():
+            timer.cancel()
+        self._unsubscribe_timers.clear()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("unsubscribe failed: %s", task.exception())

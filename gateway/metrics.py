@@ -1,0 +1,46 @@
+"""Prometheus metrics of one gateway node, on a registry owned by the app (no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.connections = Gauge("chat_connections", "WebSocket connections open now", registry=r)
+        self.connections_opened = Counter("chat_connections_opened", "WebSocket connections accepted", registry=r)
+        self.connections_closed = Counter(
+            "chat_connections_closed", "WebSocket connections closed, by reason", ["reason"], registry=r
+        )
+        self.frames_received = Counter("chat_frames_received", "Client frames received, by type", ["type"], registry=r)
+        self.frames_sent = Counter("chat_frames_sent", "Frames sent to clients, by type", ["type"], registry=r)
+        self.messages_published = Counter("chat_messages_published", "User messages stored and published", registry=r)
+        self.deliveries = Counter("chat_deliveries", "Room events written to local connections", registry=r)
+        self.fanout_duration = Histogram(
+            "chat_fanout_duration_seconds",
+            "Time to write one room event to every local member",
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.message_latency = Histogram(
+            "chat_message_latency_seconds",
+            "From a message's store to its delivery on this node",
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.redis_duration = Histogram(
+            "chat_redis_command_duration_seconds",
+            "Round trip of a Redis command batch",
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.redis_errors = Counter("chat_redis_errors", "Redis commands that failed", registry=r)
+        self.subscriptions = Gauge("chat_subscriptions", "Room subscriptions this node holds", registry=r)
+        self.auth_failures = Counter("chat_auth_failures", "Rejected tokens, by reason", ["reason"], registry=r)
+        self.slow_consumers = Counter("chat_slow_consumers", "Clients closed for falling behind", registry=r)
+        self.rate_limited = Counter("chat_rate_limited", "Frames and requests refused by a rate limit", registry=r)
+        self.ready = Gauge("chat_ready", "1 when this node accepts clients", registry=r)

@@ -1,0 +1,156 @@
+"""Services of one gateway node shared by its connections: rooms, typing, presence upkeep."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import Counter
+from typing import Any
+
+from aiohttp import web
+
+from gateway.auth import Principal, TokenVerifier
+from gateway.connection import Connection
+from gateway.hub import Hub
+from gateway.metrics import GatewayMetrics
+from gateway.typing_timers import TypingTimers
+from shared import protocol
+from shared.broker import Broker, BrokerUnavailable
+from shared.errors import CloseCode
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def user_ref(principal: Principal) -> dict[str, Any]:
+    """The ``from`` object of a user's frames."""
+    ref: dict[str, Any] = {"kind": "user", "id": principal.user}
+    if principal.name:
+        ref["name"] = principal.name
+    return ref
+
+
+class Node:
+    def __init__(self, settings: Settings, broker: Broker, verifier: TokenVerifier, metrics: GatewayMetrics) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.verifier = verifier
+        self.metrics = metrics
+        self.hub = Hub(broker.fanout, on_delivered=metrics.deliveries.inc)
+        self.typing = TypingTimers(settings.typing_timeout, self._typing_expired)
+        self.connections: dict[str, Connection] = {}
+        self.user_connections: Counter[str] = Counter()
+        self.names: dict[str, str] = {}  # user -> display name, for typing frames the server sends
+        self.draining = False
+        self.verifier_secret: str | None = None  # HS256 key the dev login signs with, when there is one
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- connections ---------------------------------------------------------------------
+    def at_capacity(self, user: str) -> bool:
+        return self.user_connections[user] >= self.settings.max_connections_per_user
+
+    def open(self, principal: Principal, ws: web.WebSocketResponse, transport: asyncio.Transport) -> Connection:
+        connection = Connection(
+            secrets.token_urlsafe(9),
+            principal,
+            ws,
+            transport,
+            max_buffer=self.settings.outbox_max_bytes,
+            compress=self.settings.compression,
+            on_slow=self._slow_consumer,
+        )
+        self.connections[connection.id] = connection
+        self.user_connections[principal.user] += 1
+        if principal.name:
+            self.names[principal.user] = principal.name
+        self.metrics.connections_opened.inc()
+        self.metrics.connections.inc()
+        return connection
+
+    async def closed(self, connection: Connection, reason: str) -> None:
+        """Forget a connection that ended: leave its rooms and tell the others."""
+        if self.connections.pop(connection.id, None) is None:
+            return
+        self.user_connections[connection.user] -= 1
+        if self.user_connections[connection.user] <= 0:
+            del self.user_connections[connection.user]
+        if connection.expiry_timer is not None:
+            connection.expiry_timer.cancel()
+        self.metrics.connections.dec()
+        self.metrics.connections_closed.labels(reason).inc()
+        rooms = list(connection.rooms) + list(connection.pending)
+        connection.rooms.clear()
+        connection.pending.clear()
+        await asyncio.gather(*(self.leave_room(room, connection) for room in rooms), return_exceptions=True)
+
+    async def leave_room(self, room: str, connection: Connection) -> None:
+        self.hub.remove(room, connection)
+        if connection.user not in self.hub.local_users(room) and self.typing.stopped(room, connection.user):
+            await self.publish(room, self.typing_frame(room, connection.principal.user, False), exclude=connection.user)
+        change = await self.broker.presence.leave(room, connection.user, connection.id)
+        if change.changed and change.count < self.settings.presence_limit:
+            await self.publish(room, self.presence_frame(room, connection.user, "leave"), exclude=connection.user)
+
+    def _slow_consumer(self, connection: Connection) -> None:
+        if connection.closing:
+            return
+        log.info("closing slow consumer", extra={"session": connection.id})
+        self.metrics.slow_consumers.inc()
+        connection.close(CloseCode.POLICY, "slow consumer: resume with since")
+
+    # -- ephemeral room events -------------------------------------------------------------
+    async def publish(self, room: str, frame: bytes, *, exclude: str = "") -> None:
+        """Publish an event that is not kept in history; losing it is harmless, so failures are logged."""
+        try:
+            await self.broker.fanout.publish(room, protocol.pack(frame, exclude_user=exclude))
+        except (BrokerUnavailable, OSError) as exc:
+            self.metrics.redis_errors.inc()
+            log.warning("could not publish an event: %s", exc)
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def typing_frame(self, room: str, user: str, state: bool) -> bytes:
+        sender: dict[str, Any] = {"kind": "user", "id": user}
+        if user in self.names:
+            sender["name"] = self.names[user]
+        return protocol.encode({"type": "typing", "room": room, "from": sender, "state": state})
+
+    @staticmethod
+    def presence_frame(room: str, user: str, event: str) -> bytes:
+        return protocol.encode({"type": "presence", "room": room, "user": user, "event": event})
+
+    def _typing_expired(self, room: str, user: str) -> None:
+        self.spawn(self.publish(room, self.typing_frame(room, user, False), exclude=user))
+
+    # -- upkeep ------------------------------------------------------------------------------
+    async def keep_presence(self) -> None:
+        """Refresh this node's presence entries and announce users whose node died."""
+        interval = self.settings.presence_ttl / 3
+        while True:
+            await asyncio.sleep(interval)
+            entries = [(room, c.user, c.id) for room, members in self.hub.rooms.items() for c in members]
+            try:
+                await self.broker.presence.refresh(entries)
+                for room in list(self.hub.rooms):
+                    for user in await self.broker.presence.expire(room):
+                        await self.publish(room, self.presence_frame(room, user, "leave"))
+            except (BrokerUnavailable, OSError) as exc:
+                log.warning("presence upkeep failed: %s", exc)
+
+    async def close(self) -> None:
+        self.typing.close()
+        self.hub.close()
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def now() -> float:
+    return time.time()

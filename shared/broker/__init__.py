@@ -1,0 +1,130 @@
+"""The broker: shared state behind narrow interfaces, in memory or in Redis.
+
+``make_broker(settings)`` picks the in-memory store when no Redis URL is set (one process runs
+gateway and workers) and Redis otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.broker.base import (
+    Appended,
+    BotRegistry,
+    BrokerUnavailable,
+    FanOut,
+    History,
+    HistoryPage,
+    Presence,
+    PresenceChange,
+)
+from shared.settings import Settings
+
+__all__ = [
+    "Appended",
+    "BotRegistry",
+    "Broker",
+    "BrokerUnavailable",
+    "FanOut",
+    "History",
+    "HistoryPage",
+    "Presence",
+    "PresenceChange",
+    "make_broker",
+]
+
+
+@dataclass
+class Broker:
+    """Every interface of one process's connection to the shared state."""
+
+    kind: str  # "memory" or "redis"
+    fanout: FanOut
+    history: History
+    presence: Presence
+    registry: BotRegistry
+    queue: Any  # shared.broker.queue.BotQueue
+    ping: Callable[[], Awaitable[None]]
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    store: Any = None  # the MemoryStore, for nodes sharing one process
+
+    async def close(self) -> None:
+        for close in reversed(self.closers):
+            await close()
+
+
+def make_broker(settings: Settings, *, store: Any = None) -> Broker:
+    """Build the broker for ``settings``; ``store`` lets several in-process nodes share memory."""
+    if settings.redis_url is None:
+        return _memory_broker(settings, store)
+    return _redis_broker(settings)
+
+
+def _memory_broker(settings: Settings, store: Any) -> Broker:
+    from shared.broker.memory import MemoryBotRegistry, MemoryFanOut, MemoryHistory, MemoryPresence, MemoryStore
+
+    store = store or MemoryStore(settings)
+    fanout = MemoryFanOut(store)
+
+    async def ping() -> None:
+        return None
+
+    async def close() -> None:
+        fanout.close()
+
+    return Broker(
+        kind="memory",
+        fanout=fanout,
+        history=MemoryHistory(store),
+        presence=MemoryPresence(store),
+        registry=MemoryBotRegistry(store),
+        queue=_queue("memory_queue", "MemoryBotQueue", store, settings),
+        ping=ping,
+        closers=[close],
+        store=store,
+    )
+
+
+def _redis_broker(settings: Settings) -> Broker:
+    from redis.exceptions import RedisError
+
+    from shared.broker.redis import RedisBotRegistry, RedisFanOut, RedisHistory, RedisPresence
+    from shared.broker.redis_link import CommandPipe, connect
+    from shared.keys import Keys
+
+    assert settings.redis_url is not None
+    client = connect(settings.redis_url)
+    pipe = CommandPipe(client)
+    keys = Keys(settings.redis_prefix)
+    fanout = RedisFanOut(client, pipe, keys)
+
+    async def ping() -> None:
+        try:
+            await pipe.execute("PING")
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+
+    async def close_client() -> None:
+        await client.aclose()
+
+    return Broker(
+        kind="redis",
+        fanout=fanout,
+        history=RedisHistory(pipe, keys, settings),
+        presence=RedisPresence(pipe, keys, settings),
+        registry=RedisBotRegistry(pipe, keys),
+        queue=_queue("redis_queue", "RedisBotQueue", client, pipe, keys, settings),
+        ping=ping,
+        closers=[close_client, pipe.close, fanout.close],
+    )
+
+
+def _queue(module: str, name: str, *args: Any) -> Any:
+    from importlib import import_module
+
+    try:  # TEMPORARY-REMOVE
+        return getattr(import_module(f"shared.broker.{module}"), name)(*args)
+    except (ModuleNotFoundError, AttributeError):  # TEMPORARY-REMOVE
+        return None

@@ -1,0 +1,121 @@
+"""The broker interfaces: the only way gateway and workers reach shared state.
+
+Each interface has an in-memory implementation (single process) and a Redis one, and both pass
+the one contract suite in ``tests/broker``. Data flows one way: gateways append user messages
+(which also queues them for the bot) and listen to room events; workers consume requests and
+append replies; both publish ephemeral events (typing, presence, statuses) that skip history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from shared.models import Bot, BotStatus
+
+EventHandler = Callable[[str, bytes], None]
+"""Called with (room, packet) for every event of a subscribed room; must not block."""
+
+
+class BrokerUnavailable(Exception):
+    """The shared store cannot be reached; the caller tells the client ``unavailable``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Result of a history append."""
+
+    id: str
+    ts: int
+    duplicate: bool = False  # an earlier append with the same reply_to exists; nothing was published
+    queued: bool = False  # the request waits because the bot is not running
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    entries: list[tuple[str, bytes]]  # (message id, message frame), oldest first
+    last_id: str | None  # newest id in the room, whether or not it is in ``entries``
+    complete: bool  # with ``since``: every message after it is in ``entries``
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChange:
+    changed: bool  # the user's first connection joined / last connection left
+    members: list[str]  # users present now, at most the presence limit
+    count: int  # users present now
+
+
+class FanOut(Protocol):
+    """Room events across nodes. A node subscribes to a room while it has local members."""
+
+    def set_handler(self, handler: EventHandler) -> None: ...
+
+    async def subscribe(self, room: str) -> None: ...
+
+    async def unsubscribe(self, room: str) -> None: ...
+
+    async def publish(self, room: str, packet: bytes) -> None:
+        """Send an ephemeral event (not kept in history) to every node holding the room."""
+
+    def subscriptions(self) -> int: ...
+
+
+class History(Protocol):
+    """Per-room message history; an append is stored and published in one step."""
+
+    async def append(self, room: str, tail: bytes, *, request: bool = False, reply_to: str | None = None) -> Appended:
+        """Store a message (``tail`` from :func:`shared.protocol.message_tail`) and publish it.
+
+        ``request=True`` also queues it in the bot's inbox and, when the bot is not running,
+        publishes ``status queued``. ``reply_to`` makes the append idempotent per request: a
+        second reply to the same message returns the first one with ``duplicate=True``.
+        """
+
+    async def read_after(self, room: str, since: str, limit: int) -> HistoryPage:
+        """Messages after ``since``; ``complete`` is false when history no longer reaches back to it."""
+
+    async def read_latest(self, room: str, limit: int) -> HistoryPage: ...
+
+    async def read_range(self, room: str, after: str, limit: int) -> HistoryPage:
+        """The first ``limit`` messages after ``after``, for paging forward through history."""
+
+    async def last_id(self, room: str) -> str | None: ...
+
+
+class Presence(Protocol):
+    """Who is in a room, counted per user, with entries that expire unless refreshed."""
+
+    async def join(self, room: str, user: str, connection: str) -> PresenceChange: ...
+
+    async def leave(self, room: str, user: str, connection: str) -> PresenceChange: ...
+
+    async def refresh(self, entries: list[tuple[str, str, str]]) -> None:
+        """Keep (room, user, connection) entries alive for another TTL."""
+
+    async def expire(self, room: str) -> list[str]:
+        """Drop expired connections; return users who are gone as a result."""
+
+
+class BotRegistry(Protocol):
+    """Bots (= rooms), their owners and members, and their status."""
+
+    async def create(self, bot: Bot) -> None: ...
+
+    async def get(self, bot_id: str) -> Bot | None: ...
+
+    async def members(self, bot_id: str) -> set[str]: ...
+
+    async def list_for(self, user: str, *, is_admin: bool) -> list[Bot]: ...
+
+    async def delete(self, bot_id: str) -> None: ...
+
+    async def add_member(self, bot_id: str, user: str) -> None: ...
+
+    async def remove_member(self, bot_id: str, user: str) -> None: ...
+
+    async def set_status(self, bot_id: str, status: BotStatus, error: str | None = None) -> Bot | None:
+        """Record the status, tell workers when the wanted state changed, and publish ``bot_status``."""
+
+    async def running(self) -> set[str]:
+        """Bots whose wanted state is running (status starting or running)."""

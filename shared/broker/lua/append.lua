@@ -1,0 +1,31 @@
+-- Store a message in the room's history, publish it, and queue it for the bot: one round trip.
+-- KEYS: 1 history stream, 2 bot inbox stream, 3 bot hash, 4 "replied" marker of reply_to
+-- ARGV: 1 channel, 2 frame tail ("room":...}), 3 history max length, 4 max age in ms (0 = none),
+--       5 "1" to queue for the bot, 6 reply_to ("" = none), 7 marker TTL seconds,
+--       8 room id as a JSON string, 9 publish command (PUBLISH or SPUBLISH)
+if ARGV[6] ~= '' then
+  local first = redis.call('GET', KEYS[4])
+  if first then
+    return {first, 1, 0}
+  end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 't', ARGV[2])
+local ms = string.match(id, '^(%d+)')
+if ARGV[4] ~= '0' then
+  redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', tonumber(ms) - tonumber(ARGV[4])))
+end
+local frame = '{"type":"message","id":"' .. id .. '","ts":' .. ms .. ',' .. ARGV[2]
+redis.call(ARGV[9], ARGV[1], id .. '\31\n' .. frame)
+if ARGV[6] ~= '' then
+  redis.call('SET', KEYS[4], id, 'EX', ARGV[7])
+end
+local queued = 0
+if ARGV[5] == '1' then
+  redis.call('XADD', KEYS[2], '*', 'm', id, 'f', frame)
+  if redis.call('HGET', KEYS[3], 'status') ~= 'running' then
+    queued = 1
+    redis.call(ARGV[9], ARGV[1], '\31\n{"type":"status","room":' .. ARGV[8] .. ',"message_id":"' .. id ..
+      '","state":"queued"}')
+  end
+end
+return {id, 0, queued}

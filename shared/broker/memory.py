@@ -1,0 +1,255 @@
+"""In-memory broker: every node of one process shares a :class:`MemoryStore`.
+
+Used by the single-process default mode and by tests. It is single-process only. It passes the
+same contract suite as the Redis broker, including asynchronous delivery: handlers run from the
+event loop after ``publish`` returns, as they would behind Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from shared import protocol
+from shared.broker.base import Appended, EventHandler, HistoryPage, PresenceChange
+from shared.models import Bot, BotStatus
+from shared.settings import Settings
+
+WANTED_RUNNING = (BotStatus.STARTING, BotStatus.RUNNING)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class MemoryStream:
+    """An append-only log with Redis-style ids, used for histories and bot inboxes."""
+
+    entries: list[tuple[str, dict[str, bytes]]] = field(default_factory=list)
+    last: tuple[int, int] = (0, 0)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, fields: dict[str, bytes]) -> str:
+        ms = max(now_ms(), self.last[0])
+        seq = self.last[1] + 1 if ms == self.last[0] else 0
+        self.last = (ms, seq)
+        entry_id = f"{ms}-{seq}"
+        self.entries.append((entry_id, fields))
+        self.changed.set()
+        self.changed = asyncio.Event()
+        return entry_id
+
+
+class MemoryStore:
+    """The shared state that Redis holds in the distributed mode."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.fanouts: list[MemoryFanOut] = []
+        self.streams: dict[str, MemoryStream] = defaultdict(MemoryStream)
+        self.replied: dict[tuple[str, str], str] = {}
+        self.bots: dict[str, Bot] = {}
+        self.members: dict[str, set[str]] = defaultdict(set)
+        self.presence: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
+        self.control: list[asyncio.Event] = []  # set when the running set changes
+
+    def history(self, room: str) -> MemoryStream:
+        return self.streams[f"history:{room}"]
+
+    def inbox(self, bot: str) -> MemoryStream:
+        return self.streams[f"inbox:{bot}"]
+
+    def deliver(self, room: str, packet: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        for fanout in self.fanouts:
+            if room in fanout.rooms and fanout.handler is not None:
+                loop.call_soon(fanout.handler, room, packet)
+
+    def notify_control(self) -> None:
+        for event in self.control:
+            event.set()
+
+
+class MemoryFanOut:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.rooms: set[str] = set()
+        self.handler: EventHandler | None = None
+        store.fanouts.append(self)
+
+    def set_handler(self, handler: EventHandler) -> None:
+        self.handler = handler
+
+    async def subscribe(self, room: str) -> None:
+        self.rooms.add(room)
+
+    async def unsubscribe(self, room: str) -> None:
+        self.rooms.discard(room)
+
+    async def publish(self, room: str, packet: bytes) -> None:
+        self.store.deliver(room, packet)
+
+    def subscriptions(self) -> int:
+        return len(self.rooms)
+
+    def close(self) -> None:
+        if self in self.store.fanouts:
+            self.store.fanouts.remove(self)
+
+
+class MemoryHistory:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    async def append(self, room: str, tail: bytes, *, request: bool = False, reply_to: str | None = None) -> Appended:
+        if reply_to is not None and (room, reply_to) in self.store.replied:
+            first = self.store.replied[(room, reply_to)]
+            return Appended(first, protocol.message_ts(first), duplicate=True)
+        stream = self.store.history(room)
+        message_id = stream.add({"t": tail})
+        self._trim(stream)
+        frame = protocol.compose_message(message_id, tail)
+        if reply_to is not None:
+            self.store.replied[(room, reply_to)] = message_id
+        self.store.deliver(room, protocol.pack(frame, message_id=message_id))
+        queued = False
+        if request:
+            self.store.inbox(room).add({"m": message_id.encode(), "f": frame})
+            bot = self.store.bots.get(room)
+            queued = bot is None or bot.status is not BotStatus.RUNNING
+            if queued:
+                status = {"type": "status", "room": room, "message_id": message_id, "state": "queued"}
+                self.store.deliver(room, protocol.pack(protocol.encode(status)))
+        return Appended(message_id, protocol.message_ts(message_id), queued=queued)
+
+    def _trim(self, stream: MemoryStream) -> None:
+        keep = self.store.settings.history_max
+        if len(stream.entries) > 2 * keep:
+            del stream.entries[: len(stream.entries) - keep]
+        max_age = self.store.settings.history_max_age
+        if max_age:
+            oldest = now_ms() - int(max_age * 1000)
+            while stream.entries and protocol.message_ts(stream.entries[0][0]) < oldest:
+                stream.entries.pop(0)
+
+    def _frames(self, entries: list[tuple[str, dict[str, bytes]]]) -> list[tuple[str, bytes]]:
+        return [(entry_id, protocol.compose_message(entry_id, fields["t"])) for entry_id, fields in entries]
+
+    async def read_after(self, room: str, since: str, limit: int) -> HistoryPage:
+        stream = self.store.history(room)
+        self._trim(stream)
+        entries = stream.entries
+        position = next((i for i, (entry_id, _) in enumerate(entries) if entry_id == since), None)
+        if position is None:
+            after = [e for e in entries if protocol.id_newer(e[0], since)]
+            complete = False
+        else:
+            after = entries[position + 1 :]
+            complete = True
+        if len(after) > limit:
+            after, complete = after[-limit:], False
+        return HistoryPage(self._frames(after), self._last(stream), complete)
+
+    async def read_latest(self, room: str, limit: int) -> HistoryPage:
+        stream = self.store.history(room)
+        self._trim(stream)
+        return HistoryPage(self._frames(stream.entries[-limit:]), self._last(stream), True)
+
+    async def read_range(self, room: str, after: str, limit: int) -> HistoryPage:
+        stream = self.store.history(room)
+        self._trim(stream)
+        entries = [e for e in stream.entries if protocol.id_newer(e[0], after)][:limit]
+        return HistoryPage(self._frames(entries), self._last(stream), True)
+
+    async def last_id(self, room: str) -> str | None:
+        return self._last(self.store.history(room))
+
+    @staticmethod
+    def _last(stream: MemoryStream) -> str | None:
+        return stream.entries[-1][0] if stream.entries else None
+
+
+class MemoryPresence:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def _change(self, room: str, changed: bool) -> PresenceChange:
+        users = sorted({user for user, _ in self.store.presence[room]})
+        return PresenceChange(changed, users[: self.store.settings.presence_limit], len(users))
+
+    def _present(self, room: str, user: str) -> bool:
+        return any(u == user for u, _ in self.store.presence[room])
+
+    async def join(self, room: str, user: str, connection: str) -> PresenceChange:
+        await self.expire(room)
+        first = not self._present(room, user)
+        self.store.presence[room][(user, connection)] = time.monotonic() + self.store.settings.presence_ttl
+        return self._change(room, first)
+
+    async def leave(self, room: str, user: str, connection: str) -> PresenceChange:
+        removed = self.store.presence[room].pop((user, connection), None) is not None
+        return self._change(room, removed and not self._present(room, user))
+
+    async def refresh(self, entries: list[tuple[str, str, str]]) -> None:
+        expiry = time.monotonic() + self.store.settings.presence_ttl
+        for room, user, connection in entries:
+            if (user, connection) in self.store.presence[room]:
+                self.store.presence[room][(user, connection)] = expiry
+
+    async def expire(self, room: str) -> list[str]:
+        now = time.monotonic()
+        table = self.store.presence[room]
+        expired = [key for key, expiry in table.items() if expiry < now]
+        for key in expired:
+            del table[key]
+        return sorted({user for user, _ in expired if not self._present(room, user)})
+
+
+class MemoryBotRegistry:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    async def create(self, bot: Bot) -> None:
+        self.store.bots[bot.id] = bot
+
+    async def get(self, bot_id: str) -> Bot | None:
+        return self.store.bots.get(bot_id)
+
+    async def members(self, bot_id: str) -> set[str]:
+        return set(self.store.members.get(bot_id, ()))
+
+    async def list_for(self, user: str, *, is_admin: bool) -> list[Bot]:
+        bots = self.store.bots.values()
+        visible = [b for b in bots if is_admin or b.owner == user or user in self.store.members.get(b.id, ())]
+        return sorted(visible, key=lambda b: (b.created, b.id))
+
+    async def delete(self, bot_id: str) -> None:
+        bot = self.store.bots.pop(bot_id, None)
+        self.store.members.pop(bot_id, None)
+        for key in (f"history:{bot_id}", f"inbox:{bot_id}"):
+            self.store.streams.pop(key, None)
+        if bot is not None and bot.status in WANTED_RUNNING:
+            self.store.notify_control()
+
+    async def add_member(self, bot_id: str, user: str) -> None:
+        self.store.members[bot_id].add(user)
+
+    async def remove_member(self, bot_id: str, user: str) -> None:
+        self.store.members[bot_id].discard(user)
+
+    async def set_status(self, bot_id: str, status: BotStatus, error: str | None = None) -> Bot | None:
+        bot = self.store.bots.get(bot_id)
+        if bot is None:
+            return None
+        was_wanted = bot.status in WANTED_RUNNING
+        bot = self.store.bots[bot_id] = bot.with_status(status, error)
+        self.store.deliver(bot_id, protocol.pack(bot.status_frame(now_ms())))
+        if was_wanted != (status in WANTED_RUNNING):
+            self.store.notify_control()
+        return bot
+
+    async def running(self) -> set[str]:
+        return {b.id for b in self.store.bots.values() if b.status in WANTED_RUNNING}

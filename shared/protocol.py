@@ -1,0 +1,222 @@
+"""Wire frames of protocol v1: typed client frames in, pre-encoded server frames out. No I/O.
+
+Client frames are decoded once into small frozen dataclasses that the session matches on.
+Server frames are encoded with orjson straight to bytes, because the gateway writes the same
+bytes to every member of a room.
+
+A room event travels between processes as a *packet*: ``<message id> US <excluded user> LF
+<frame>``. The header lets a node merge replayed history with live events by id and skip the
+sender's own typing and presence frames without decoding JSON; the frame after the newline is
+exactly what clients receive.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from shared.errors import ErrorCode, ProtocolError
+
+PROTOCOL_VERSION = 1
+ROOM_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+MESSAGE_ID = re.compile(r"^\d{1,15}-\d{1,10}$")
+MAX_REF_LENGTH = 64
+PACKET_FIELD = b"\x1f"
+PACKET_END = b"\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    room: str
+    since: str | None
+    ref: str | int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    room: str
+    ref: str | int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SendMessage:
+    room: str
+    text: str
+    ref: str | int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    room: str
+    state: bool
+    ref: str | int | None
+
+
+@dataclass(frozen=True, slots=True)
+class BotCommand:
+    bot: str
+    action: str  # "start" or "stop"
+    ref: str | int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    ref: str | int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    token: str
+    ref: str | int | None
+
+
+ClientFrame = Join | Leave | SendMessage | Typing | BotCommand | Ping | Auth
+
+
+def _ref(frame: dict[str, Any]) -> str | int | None:
+    ref = frame.get("ref")
+    if ref is None:
+        return None
+    if isinstance(ref, bool) or not isinstance(ref, str | int):
+        raise ProtocolError("ref must be a string or an integer")
+    if isinstance(ref, str) and len(ref) > MAX_REF_LENGTH:
+        raise ProtocolError(f"ref is longer than {MAX_REF_LENGTH} characters")
+    if isinstance(ref, int) and not -(2**53) < ref < 2**53:
+        raise ProtocolError("ref is out of range")
+    return ref
+
+
+def _room(frame: dict[str, Any], key: str, ref: str | int | None) -> str:
+    room = frame.get(key)
+    if not isinstance(room, str):
+        raise ProtocolError(f"{key} must be a string", ref=ref)
+    if not ROOM_ID.match(room):
+        raise ProtocolError(f"{key} must be 1-64 letters, digits, '_', '.' or '-'", ref=ref)
+    return room
+
+
+def _text(frame: dict[str, Any], ref: str | int | None, max_length: int) -> str:
+    text = frame.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ProtocolError("text must be a non-empty string", ref=ref)
+    if len(text) > max_length:
+        raise ProtocolError(f"text is longer than {max_length} characters", ref=ref, code=ErrorCode.TOO_LARGE)
+    return text
+
+
+def validate_since(since: object, ref: str | int | None = None) -> str | None:
+    """Return ``since`` when it is absent or a well-formed message id; raise ProtocolError otherwise."""
+    if since is None:
+        return None
+    if not isinstance(since, str) or not MESSAGE_ID.match(since):
+        raise ProtocolError("since must be a message id from this room", ref=ref)
+    return since
+
+
+def decode_client_frame(raw: str | bytes, *, max_text_length: int) -> ClientFrame:
+    """Decode one client text frame. Raises ProtocolError (with the ref when readable)."""
+    try:
+        frame = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("frame is not valid JSON") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError("frame must be a JSON object")
+    ref = _ref(frame)
+    kind = frame.get("type")
+    match kind:
+        case "message":
+            return SendMessage(_room(frame, "room", ref), _text(frame, ref, max_length=max_text_length), ref)
+        case "typing":
+            state = frame.get("state")
+            if not isinstance(state, bool):
+                raise ProtocolError("state must be true or false", ref=ref)
+            return Typing(_room(frame, "room", ref), state, ref)
+        case "join":
+            return Join(_room(frame, "room", ref), validate_since(frame.get("since"), ref), ref)
+        case "leave":
+            return Leave(_room(frame, "room", ref), ref)
+        case "ping":
+            return Ping(ref)
+        case "bot.start" | "bot.stop":
+            return BotCommand(_room(frame, "bot", ref), kind[4:], ref)
+        case "auth":
+            token = frame.get("token")
+            if not isinstance(token, str) or not token:
+                raise ProtocolError("token must be a non-empty string", ref=ref)
+            return Auth(token, ref)
+        case str():
+            raise ProtocolError(f"unknown frame type {kind[:40]!r}", ref=ref)
+        case _:
+            raise ProtocolError("type must be a string", ref=ref)
+
+
+def encode(frame: dict[str, Any]) -> bytes:
+    """Encode a server frame."""
+    return orjson.dumps(frame)
+
+
+def error_frame(code: ErrorCode, message: str, ref: str | int | None = None) -> bytes:
+    frame: dict[str, Any] = {"type": "error", "code": code.value, "message": message}
+    if ref is not None:
+        frame["ref"] = ref
+    return encode(frame)
+
+
+def with_ref(frame: dict[str, Any], ref: str | int | None) -> dict[str, Any]:
+    if ref is not None:
+        frame["ref"] = ref
+    return frame
+
+
+# -- message frames: composed around the id that only the history append knows -------------
+
+MESSAGE_HEAD = b'{"type":"message","id":"'
+
+
+def message_tail(room: str, sender: dict[str, Any], text: str, reply_to: str | None = None) -> bytes:
+    """The part of a message frame after ``id`` and ``ts``: ``"room":...}``.
+
+    The broker appends it to history and builds the frame with :func:`compose_message`, so the
+    history id is inside the frame every member receives.
+    """
+    body: dict[str, Any] = {"room": room, "from": sender, "text": text}
+    if reply_to is not None:
+        body["reply_to"] = reply_to
+    return orjson.dumps(body)[1:]
+
+
+def message_ts(message_id: str) -> int:
+    """Unix milliseconds of a message, read from its id."""
+    return int(message_id.partition("-")[0])
+
+
+def compose_message(message_id: str, tail: bytes) -> bytes:
+    """The full message frame; must equal what the Redis append script builds."""
+    ts = message_id.partition("-")[0]
+    return b"".join((MESSAGE_HEAD, message_id.encode(), b'","ts":', ts.encode(), b",", tail))
+
+
+def id_newer(a: str, b: str) -> bool:
+    """True when message id ``a`` comes after ``b`` in history order."""
+    a_ms, _, a_seq = a.partition("-")
+    b_ms, _, b_seq = b.partition("-")
+    return (int(a_ms), int(a_seq)) > (int(b_ms), int(b_seq))
+
+
+# -- packets: a frame plus the routing header nodes read --------------------------------------
+
+
+def pack(frame: bytes, *, message_id: str = "", exclude_user: str = "") -> bytes:
+    """Wrap a frame for pub/sub. ``exclude_user``'s connections do not receive it."""
+    return b"".join((message_id.encode(), PACKET_FIELD, exclude_user.encode(), PACKET_END, frame))
+
+
+def unpack(packet: bytes) -> tuple[str, str, bytes]:
+    """Split a packet into (message id or "", excluded user or "", frame bytes)."""
+    end = packet.index(PACKET_END)
+    header = packet[:end]
+    sep = header.index(PACKET_FIELD)
+    return header[:sep].decode(), header[sep + 1 :].decode(), packet[end + 1 :]
