@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from typing import Any
@@ -19,6 +20,7 @@ from shared.broker import BrokerUnavailable
 from shared.errors import ChatError, ErrorCode
 from shared.models import MAX_BOT_NAME, Bot
 
+log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 PRINCIPAL = web.RequestKey("principal", Principal)
 MAX_BODY = 64 * 1024
@@ -47,6 +49,11 @@ async def api_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except BrokerUnavailable:
         node.metrics.redis_errors.inc()
         return json_error(ErrorCode.UNAVAILABLE, "storage is unavailable; retry")
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("API request failed", extra={"path": request.path})
+        return json_error(ErrorCode.INTERNAL, "internal error")
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 import logging
+import time
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
@@ -16,10 +15,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway import api
 from gateway.appkeys import METRICS, NODE, SETTINGS
 from gateway.auth import TokenVerifier
+from gateway.handshake import json_error
 from gateway.metrics import GatewayMetrics
 from gateway.node import Node
 from gateway.ws import websocket
 from shared.broker import Broker, BrokerUnavailable, make_broker
+from shared.errors import ErrorCode
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,13 @@ async def dev_token(request: web.Request) -> web.Response:
     secret = request.app[NODE].verifier_secret
     try:
         body = await request.json()
-        user = body["user"]
-        assert isinstance(user, str) and 0 < len(user.strip()) <= 64
-    except Exception:
-        return web.json_response({"error": "bad_request", "message": 'send {"user": "name"}'}, status=400)
+    except ValueError:
+        body = None
+    user = body.get("user") if isinstance(body, dict) else None
+    if not isinstance(user, str) or not 0 < len(user.strip()) <= 64:
+        return json_error(ErrorCode.BAD_REQUEST, 'send {"user": "a name of 1-64 characters"}')
     if secret is None:
-        return web.json_response({"error": "not_found", "message": "dev login needs an HS256 secret"}, status=404)
+        return json_error(ErrorCode.NOT_FOUND, "dev login needs an HS256 secret")
     token = mint_token(secret, user.strip(), ttl=12 * 3600, name=user.strip())
     return web.json_response({"token": token, "exp": int(time.time()) + 12 * 3600})
 
@@ -102,11 +104,7 @@ async def _start_in_process_workers(settings: Settings, broker: Broker) -> list[
 
 
 async def _close_sockets(app: web.Application) -> None:
-    node = app[NODE]
-    node.draining = True
-    for connection in list(node.connections.values()):
-        with contextlib.suppress(Exception):
-            await connection.ws.close(code=1001, message=b"server shutdown")
+    await app[NODE].drain()
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -41,6 +41,9 @@ async def authenticate(request: web.Request, verifier: TokenVerifier, metrics: G
         return await verifier.verify(token)
     except AuthError as exc:
         metrics.auth_failures.labels(exc.reason).inc()
+        if exc.reason == "keys_unavailable":  # the identity provider is down: retrying later can work
+            body = protocol.encode({"error": ErrorCode.UNAVAILABLE.value, "message": exc.message}).decode()
+            raise web.HTTPServiceUnavailable(text=body, content_type="application/json") from None
         code = ErrorCode.TOKEN_EXPIRED if exc.reason == "expired" else ErrorCode.UNAUTHORIZED
         body = protocol.encode({"error": code.value, "message": exc.message}).decode()
         raise web.HTTPUnauthorized(text=body, content_type="application/json") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import secrets
 import time
 from collections import Counter
@@ -23,6 +24,7 @@ from shared.errors import CloseCode
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+DRAIN_MIN_RATE = 200  # connections handed back per second at least, so small nodes stop quickly
 
 
 def user_ref(principal: Principal) -> dict[str, Any]:
@@ -84,7 +86,10 @@ class Node:
         rooms = list(connection.rooms) + list(connection.pending)
         connection.rooms.clear()
         connection.pending.clear()
-        await asyncio.gather(*(self.leave_room(room, connection) for room in rooms), return_exceptions=True)
+        results = await asyncio.gather(*(self.leave_room(room, connection) for room in rooms), return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                log.warning("leaving a room on disconnect failed: %r", result, extra={"session": connection.id})
 
     async def leave_room(self, room: str, connection: Connection) -> None:
         self.hub.remove(room, connection)
@@ -110,10 +115,12 @@ class Node:
             self.metrics.redis_errors.inc()
             log.warning("could not publish an event: %s", exc)
 
-    def spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run ``coro`` in a task the node owns (cancelled at shutdown, never garbage collected early)."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def typing_frame(self, room: str, user: str, state: bool) -> bytes:
         sender: dict[str, Any] = {"kind": "user", "id": user}
@@ -142,6 +149,30 @@ class Node:
                         await self.publish(room, self.presence_frame(room, user, "leave"))
             except (BrokerUnavailable, OSError) as exc:
                 log.warning("presence upkeep failed: %s", exc)
+
+    async def drain(self) -> None:
+        """Hand every client back to the load balancer, spread over ``drain_seconds``.
+
+        Each client gets ``reconnect`` with a random delay and a 1012 close, in batches, so the
+        other nodes see a gentle ramp instead of a thundering herd.
+        """
+        self.draining = True
+        self.metrics.ready.set(0)
+        connections = list(self.connections.values())
+        if not connections:
+            return
+        duration = min(self.settings.drain_seconds, len(connections) / DRAIN_MIN_RATE)
+        steps = max(1, min(len(connections), int(duration * 10)))
+        batch = -(-len(connections) // steps)
+        pause = duration / steps
+        closing = []
+        for start in range(0, len(connections), batch):
+            for connection in connections[start : start + batch]:
+                delay_ms = int(random.uniform(0, 1000 * min(5.0, max(self.settings.drain_seconds, 0.5))))
+                connection.send(protocol.encode({"type": "reconnect", "delay_ms": delay_ms}))
+                closing.append(connection.close(CloseCode.SERVICE_RESTART, "node restarting"))
+            await asyncio.sleep(pause)
+        await asyncio.gather(*closing, return_exceptions=True)
 
     async def close(self) -> None:
         self.typing.close()

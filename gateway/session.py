@@ -193,7 +193,8 @@ def schedule_expiry(node: Node, connection: Connection) -> None:
     """Close the connection with 4001 when its token expires without a refresh."""
     if connection.expiry_timer is not None:
         connection.expiry_timer.cancel()
-    delay = max(0.0, connection.principal.exp - time.time())
+    # the same leeway the handshake allows, so a token accepted there is not closed at once
+    delay = max(0.0, connection.principal.exp + node.settings.jwt_leeway - time.time())
     connection.expiry_timer = asyncio.get_running_loop().call_later(delay, _expired, connection)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 
@@ -57,7 +59,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         schedule_expiry(node, connection)
         reason = await read_frames(node, connection, ws)
     finally:
-        await node.closed(connection, reason)
+        # aiohttp may cancel this handler once the peer is gone; the cleanup must still finish
+        cleanup = node.spawn(node.closed(connection, reason))
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(cleanup)
     return ws
 
 
@@ -76,7 +81,7 @@ async def read_frames(node: Node, connection: Connection, ws: web.WebSocketRespo
         if not bucket.take(time.monotonic()):
             strikes += 1
             node.metrics.rate_limited.inc()
-            connection.send(protocol.error_frame(ErrorCode.RATE_LIMITED, "slow down"))
+            connection.send(protocol.error_frame(ErrorCode.RATE_LIMITED, "slow down", protocol.peek_ref(message.data)))
             if strikes >= ABUSE_STRIKES:
                 await ws.close(code=CloseCode.POLICY, message=b"rate limit exceeded")
                 return "rate_limited"
@@ -93,7 +98,7 @@ async def handle_text(node: Node, session: Session, text: str) -> None:
     try:
         frame = protocol.decode_client_frame(text, max_text_length=node.settings.max_text_length)
         ref = frame.ref
-        node.metrics.frames_received.labels(type(frame).__name__.lower()).inc()
+        node.metrics.frames_received.labels(protocol.frame_type(frame)).inc()
         await session.handle(frame)
     except ChatError as exc:
         ref = getattr(exc, "ref", None) or ref

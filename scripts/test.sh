@@ -1,14 +1,39 @@
 #!/usr/bin/env bash
-# Run the test suite. `scripts/test.sh` runs the quick tests; `scripts/test.sh --all` adds the
-# slow ones (multi-process, browser, cluster, sentinel, chaos, benchmark smoke test).
+# Set up and run the test suite from a fresh checkout.
+#   scripts/test.sh          quick tests (skips multi-process, browser, cluster and chaos tests)
+#   scripts/test.sh --all    the whole suite, as CI runs it
+# Installs what is missing: Debian packages (as root) and the Python packages of the project.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "${1:-}" = "--all" ]; then
-  shift
-  marker=()
-else
-  marker=(-m "not slow")
+
+all=0
+if [ "${1:-}" = "--all" ]; then all=1; shift; fi
+
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+if [ $all = 1 ]; then
+  command -v nginx >/dev/null || need+=(nginx)
+  command -v chromium >/dev/null || need+=(chromium)
+  command -v promtool >/dev/null || need+=(prometheus)
+  command -v docker-compose >/dev/null || need+=(docker-compose)
 fi
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing Debian packages: ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "missing: ${need[*]} (install them with apt-get as root)" >&2
+  fi
+fi
+
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+python3 -m pip install -q --disable-pip-version-check -e ".[test,browser,bench,deploy]"
+
 ruff check .
 ruff format --check .
-exec python3 -m pytest -q "${marker[@]}" "$@"
+if [ $all = 1 ]; then
+  exec python3 -m pytest -q "$@"
+fi
+exec python3 -m pytest -q -m "not slow" "$@"

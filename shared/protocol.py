@@ -116,6 +116,57 @@ def validate_since(since: object, ref: str | int | None = None) -> str | None:
     return since
 
 
+def _message(frame: dict[str, Any], ref: str | int | None, max_text: int) -> ClientFrame:
+    return SendMessage(_room(frame, "room", ref), _text(frame, ref, max_text), ref)
+
+
+def _typing(frame: dict[str, Any], ref: str | int | None, _: int) -> ClientFrame:
+    state = frame.get("state")
+    if not isinstance(state, bool):
+        raise ProtocolError("state must be true or false", ref=ref)
+    return Typing(_room(frame, "room", ref), state, ref)
+
+
+def _join(frame: dict[str, Any], ref: str | int | None, _: int) -> ClientFrame:
+    return Join(_room(frame, "room", ref), validate_since(frame.get("since"), ref), ref)
+
+
+def _leave(frame: dict[str, Any], ref: str | int | None, _: int) -> ClientFrame:
+    return Leave(_room(frame, "room", ref), ref)
+
+
+def _ping(frame: dict[str, Any], ref: str | int | None, _: int) -> ClientFrame:
+    return Ping(ref)
+
+
+def _bot_start(frame: dict[str, Any], ref: str | int | None, _: int) -> ClientFrame:
+    return BotCommand(_room(frame, "bot", ref), "start", ref)
+
+
+def _bot_stop(frame: dict[str, Any], ref: str | int | None, _: int) -> ClientFrame:
+    return BotCommand(_room(frame, "bot", ref), "stop", ref)
+
+
+def _auth(frame: dict[str, Any], ref: str | int | None, _: int) -> ClientFrame:
+    token = frame.get("token")
+    if not isinstance(token, str) or not token:
+        raise ProtocolError("token must be a non-empty string", ref=ref)
+    return Auth(token, ref)
+
+
+_DECODERS = {
+    "message": _message,
+    "typing": _typing,
+    "join": _join,
+    "leave": _leave,
+    "ping": _ping,
+    "bot.start": _bot_start,
+    "bot.stop": _bot_stop,
+    "auth": _auth,
+}
+CLIENT_TYPES = tuple(_DECODERS)
+
+
 def decode_client_frame(raw: str | bytes, *, max_text_length: int) -> ClientFrame:
     """Decode one client text frame. Raises ProtocolError (with the ref when readable)."""
     try:
@@ -126,31 +177,38 @@ def decode_client_frame(raw: str | bytes, *, max_text_length: int) -> ClientFram
         raise ProtocolError("frame must be a JSON object")
     ref = _ref(frame)
     kind = frame.get("type")
-    match kind:
-        case "message":
-            return SendMessage(_room(frame, "room", ref), _text(frame, ref, max_length=max_text_length), ref)
-        case "typing":
-            state = frame.get("state")
-            if not isinstance(state, bool):
-                raise ProtocolError("state must be true or false", ref=ref)
-            return Typing(_room(frame, "room", ref), state, ref)
-        case "join":
-            return Join(_room(frame, "room", ref), validate_since(frame.get("since"), ref), ref)
-        case "leave":
-            return Leave(_room(frame, "room", ref), ref)
-        case "ping":
-            return Ping(ref)
-        case "bot.start" | "bot.stop":
-            return BotCommand(_room(frame, "bot", ref), kind[4:], ref)
-        case "auth":
-            token = frame.get("token")
-            if not isinstance(token, str) or not token:
-                raise ProtocolError("token must be a non-empty string", ref=ref)
-            return Auth(token, ref)
-        case str():
-            raise ProtocolError(f"unknown frame type {kind[:40]!r}", ref=ref)
-        case _:
-            raise ProtocolError("type must be a string", ref=ref)
+    if not isinstance(kind, str):
+        raise ProtocolError("type must be a string", ref=ref)
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        raise ProtocolError(f"unknown frame type {kind[:40]!r}", ref=ref)
+    return decoder(frame, ref, max_text_length)
+
+
+def peek_ref(raw: str | bytes) -> str | int | None:
+    """The ref of a frame that is refused before decoding (rate limits), or None."""
+    try:
+        frame = orjson.loads(raw)
+        return _ref(frame) if isinstance(frame, dict) else None
+    except (orjson.JSONDecodeError, ProtocolError):
+        return None
+
+
+def frame_type(frame: ClientFrame) -> str:
+    """The wire ``type`` of a decoded frame (a bounded set: safe as a metric label)."""
+    if isinstance(frame, BotCommand):
+        return f"bot.{frame.action}"
+    return _TYPE_NAMES[type(frame)]
+
+
+_TYPE_NAMES: dict[type, str] = {
+    SendMessage: "message",
+    Typing: "typing",
+    Join: "join",
+    Leave: "leave",
+    Ping: "ping",
+    Auth: "auth",
+}
 
 
 def encode(frame: dict[str, Any]) -> bytes:

@@ -21,6 +21,7 @@ class ChatSocket:
         self.ws = ws
         self.welcome = welcome
         self.seen: list[dict[str, Any]] = []  # every frame received, in order
+        self.unread: list[dict[str, Any]] = []  # received but not yet returned by expect/request
 
     @classmethod
     async def connect(cls, session: aiohttp.ClientSession, url: str, token: str, **kwargs: Any) -> ChatSocket:
@@ -41,30 +42,43 @@ class ChatSocket:
             raise ConnectionError(f"expected a text frame, got {message.type.name} {message.data!r} {message.extra!r}")
         frame = orjson.loads(message.data)
         self.seen.append(frame)
+        self.unread.append(frame)
         return frame
 
+    def _take(self, match: Any) -> dict[str, Any] | None:
+        for i, frame in enumerate(self.unread):
+            if match(frame):
+                return self.unread.pop(i)
+        return None
+
     async def expect(self, kind: str, timeout: float = 5, **fields: Any) -> dict[str, Any]:
-        """The next frame of type ``kind`` whose fields match; other frames are kept in ``seen``."""
+        """The oldest unread frame of type ``kind`` whose fields match (all frames stay in ``seen``)."""
+
+        def match(frame: dict[str, Any]) -> bool:
+            return frame["type"] == kind and all(frame.get(k) == v for k, v in fields.items())
+
+        return await self._wait(match, timeout, f"no {kind} frame with {fields}")
+
+    async def _wait(self, match: Any, timeout: float, problem: str) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + scaled(timeout)
-        while True:
+        while (frame := self._take(match)) is None:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
-                raise TimeoutError(f"no {kind} frame with {fields}; saw {self.seen[-10:]}")
-            frame = await self.recv(remaining)
-            if frame["type"] == kind and all(frame.get(k) == v for k, v in fields.items()):
-                return frame
+                raise TimeoutError(f"{problem}; saw {self.seen[-10:]}")
+            try:
+                await self.recv(remaining)
+            except TimeoutError:
+                raise TimeoutError(f"{problem}; saw {self.seen[-10:]}") from None
+        return frame
 
     async def request(self, frame: dict[str, Any], reply: str, timeout: float = 5) -> dict[str, Any]:
         """Send a frame and return the answer of type ``reply`` or ``error`` carrying its ref."""
         ref = await self.send(frame)
-        deadline = asyncio.get_running_loop().time() + scaled(timeout)
-        while True:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                raise TimeoutError(f"no answer to {frame}; saw {self.seen[-10:]}")
-            answer = await self.recv(remaining)
-            if answer.get("ref") == ref and answer["type"] in (reply, "error"):
-                return answer
+
+        def match(answer: dict[str, Any]) -> bool:
+            return answer.get("ref") == ref and answer["type"] in (reply, "error")
+
+        return await self._wait(match, timeout, f"no answer to {frame}")
 
     async def join(self, room: str, **extra: Any) -> dict[str, Any]:
         answer = await self.request({"type": "join", "room": room, **extra}, "joined")

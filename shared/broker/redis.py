@@ -103,6 +103,7 @@ class RedisFanOut:
         while True:
             try:
                 await self._read_forever()
+                return  # no subscriptions left; the next subscribe starts a new listener
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -183,15 +184,11 @@ class RedisHistory:
         complete = bool(entries) and entries[0][0] == since
         if complete:
             entries = entries[1:]
-        elif len(entries) > limit:
-            entries = entries[:limit]
-        if complete and len(entries) == limit and newest and _text(newest[0][0]) != entries[-1][0]:
-            # more than ``limit`` messages were missed: replay the newest ones, not a prefix with a gap after it
-            latest = await self.read_latest(room, limit)
-            return HistoryPage(latest.entries, latest.last_id, False)
-        if not complete:
-            entries = [e for e in entries if protocol.id_newer(e[0], since)]
         last_id = _text(newest[0][0]) if newest else None
+        if entries and last_id is not None and entries[-1][0] != last_id and len(entries) >= limit:
+            # more than ``limit`` messages were missed: replay the newest ones, never a prefix with a gap after it
+            latest = await self.read_latest(room, limit)
+            return HistoryPage([e for e in latest.entries if protocol.id_newer(e[0], since)], latest.last_id, False)
         return HistoryPage(entries, last_id, complete)
 
     async def read_latest(self, room: str, limit: int) -> HistoryPage:

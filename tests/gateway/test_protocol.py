@@ -299,7 +299,7 @@ async def test_oversized_frame_closes_with_1009(cluster: Cluster) -> None:
 
 async def test_token_refresh_and_expiry(cluster: Cluster) -> None:
     """auth with a new token answers auth_ok; another user's token is forbidden; expiry closes with 4001."""
-    url = await cluster.node()
+    url = await cluster.node(jwt_leeway=0)
     sock = await ChatSocket_connect(cluster, url, make_token("alice", ttl=2))
     other = await sock.request({"type": "auth", "token": make_token("bob")}, "auth_ok")
     assert other["code"] == "forbidden"
@@ -356,11 +356,11 @@ async def test_since_older_than_history_is_not_recovered(cluster: Cluster) -> No
 async def test_connections_per_user_are_limited(cluster: Cluster) -> None:
     """A user over the per-node connection limit gets HTTP 429."""
     url = await cluster.node(max_connections_per_user=2)
-    await cluster.connect(url, "alice")
-    await cluster.connect(url, "alice")
+    held = [await cluster.connect(url, "alice"), await cluster.connect(url, "alice")]
     async with cluster.session.get(f"{url}/ws?token={make_token('alice')}") as response:
         assert response.status == 429
         assert (await response.json())["error"] == "rate_limited"
+    await held[0].close()
 
 
 async def test_flooding_is_rate_limited_then_closed(cluster: Cluster) -> None:

@@ -9,7 +9,13 @@ if ARGV[6] ~= '' then
     return {first, 1, 0}
   end
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 't', ARGV[2])
+-- approximate trimming drops whole stream nodes (100 entries by default): exact below that size,
+-- so "an entry with twice history-max newer ones is gone" holds for every setting
+local trim = '~'
+if tonumber(ARGV[3]) < 100 then
+  trim = '='
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', trim, ARGV[3], '*', 't', ARGV[2])
 local ms = string.match(id, '^(%d+)')
 if ARGV[4] ~= '0' then
   redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', tonumber(ms) - tonumber(ARGV[4])))

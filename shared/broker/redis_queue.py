@@ -1,0 +1,308 @@
+"""Bot inboxes on Redis Streams: one consumer group per inbox, leases as keys with an expiry.
+
+Blocking reads use a connection of their own (a blocked XREADGROUP would hold up every other
+command behind it); :meth:`RedisBotQueue.wake` ends such a read early with CLIENT UNBLOCK.
+Everything else goes through the process's pipelining :class:`CommandPipe`. Multi-step changes
+(ack + delete, dead-letter, lease compare-and-set, reclaim with delivery counts) are Lua scripts
+on keys of one bot, so they are atomic and stay in one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError, ResponseError
+
+from shared.broker.base import BrokerUnavailable
+from shared.broker.queue import Backlog, BotQueue, DeadLetter, GroupMissing, Request, decode_request, id_key
+from shared.broker.redis_link import CommandPipe, Script
+from shared.keys import Keys
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+DEAD_LETTERS_MAX = 10_000  # per bot, approximate: the oldest go first
+
+
+class _Lua(Script):
+    """A script kept next to the code that calls it."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
+# KEYS: 1 inbox. ARGV: 1 group, 2 consumer, 3 min idle ms, 4 count.
+# Returns {{id, fields, deliveries}, ...}: XAUTOCLAIM alone does not tell the delivery counts.
+RECLAIM = _Lua("""
+local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', ARGV[4])
+local out = {}
+for _, entry in ipairs(claimed[2]) do
+  if entry then
+    local info = redis.call('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1)
+    out[#out + 1] = {entry[1], entry[2], info[1][4]}
+  end
+end
+return out
+""")
+
+# KEYS: 1 inbox, 2 dead-letter stream. ARGV: 1 group, 2 entry id, then for a dead letter
+# 3 message id, 4 frame, 5 reason, 6 attempts, 7 dead-letter max length. Returns 1 if the entry existed.
+FINISH = _Lua("""
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+local deleted = redis.call('XDEL', KEYS[1], ARGV[2])
+if deleted == 1 and ARGV[3] then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'm', ARGV[3], 'f', ARGV[4], 'reason', ARGV[5],
+    'attempts', ARGV[6])
+end
+return deleted
+""")
+
+# KEYS: 1 lease. ARGV: 1 owner, 2 ttl ms, 3 "claim", "renew" or "release". Returns 1 on success.
+LEASE = _Lua("""
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  if ARGV[3] == 'release' then
+    redis.call('DEL', KEYS[1])
+  else
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  end
+  return 1
+end
+if ARGV[3] == 'claim' and not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+""")
+
+# KEYS: 1 workers sorted set. ARGV: 1 worker, 2 ttl ms. Scores are Redis's clock, not the workers'.
+HEARTBEAT = _Lua("""
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
+return redis.call('ZCARD', KEYS[1])
+""")
+
+
+def workers_key(keys: Keys) -> str:
+    """Sorted set of live workers scored by heartbeat expiry."""
+    return f"{keys.prefix}:workers"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _fields(raw: Any) -> dict[bytes, bytes]:
+    if isinstance(raw, dict):
+        return raw
+    return dict(zip(raw[::2], raw[1::2], strict=True))
+
+
+def _streams(raw: Any) -> list[tuple[Any, Any]]:
+    """XREADGROUP's reply as (stream, entries) pairs, whichever reply shape the client gives."""
+    if not raw:
+        return []
+    return list(raw.items()) if isinstance(raw, dict) else [(item[0], item[1]) for item in raw]
+
+
+class RedisBotQueue(BotQueue):
+    def __init__(self, client: aioredis.Redis, pipe: CommandPipe, keys: Keys, settings: Settings) -> None:
+        self.client = client
+        self.pipe = pipe
+        self.keys = keys
+        self.settings = settings
+        self.group = keys.group()
+        self._reader = client.client()  # one connection held for blocking reads
+        self._reader_id: int | None = None  # its CLIENT ID, for CLIENT UNBLOCK
+        self._reading = False  # a blocking read is in flight
+        self._woken = False  # a wake() that no blocked read took: the next read does not block
+        self._control: PubSub | None = None  # subscription to the control channel
+
+    # -- requests ------------------------------------------------------------------------
+    async def ensure_group(self, bot: str) -> None:
+        try:
+            await self.pipe.execute("XGROUP", "CREATE", self.keys.inbox(bot), self.group, "0", "MKSTREAM")
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def enqueue(self, bot: str, message_id: str, frame: bytes) -> str:
+        return _text(await self.pipe.execute("XADD", self.keys.inbox(bot), "*", "m", message_id, "f", frame))
+
+    async def read(self, consumer: str, bots: Sequence[str], *, block: float) -> list[Request]:
+        if not bots:
+            return []
+        by_key = {self.keys.inbox(bot): bot for bot in bots}
+        args: list[Any] = ["XREADGROUP", "GROUP", self.group, consumer, "COUNT", 1]
+        if not self._woken and block > 0:
+            args += ["BLOCK", max(1, int(block * 1000))]
+        args += ["STREAMS", *by_key, *[">"] * len(by_key)]
+        self._woken = False
+        try:
+            if self._reader_id is None:
+                self._reader_id = await self._reader.client_id()
+            self._reading = True
+            raw = await self._reader.execute_command(*args)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                raise GroupMissing(str(exc)) from None
+            raise
+        except (RedisError, OSError) as exc:
+            self._reader_id = None
+            raise BrokerUnavailable(f"cannot read the inboxes: {exc}") from exc
+        finally:
+            self._reading = False
+        requests = []
+        for key, entries in _streams(raw):
+            bot = by_key[_text(key)]
+            for entry_id, fields in entries:
+                requests.append(decode_request(bot, _text(entry_id), _fields(fields), 1))
+        return requests
+
+    async def wake(self) -> None:
+        if self._reading and self._reader_id is not None:
+            with contextlib.suppress(RedisError, BrokerUnavailable):
+                if await self.pipe.execute("CLIENT", "UNBLOCK", self._reader_id):
+                    return
+            # not blocked yet, or the connection was replaced (new id): fall back to the read's timeout
+            self._reader_id = None
+        self._woken = True
+
+    async def pending(self, bot: str) -> int:
+        try:
+            summary = await self.pipe.execute("XPENDING", self.keys.inbox(bot), self.group)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return 0
+            raise
+        return int(summary["pending"] if isinstance(summary, dict) else summary[0])
+
+    async def reclaim(self, consumer: str, bot: str, *, min_idle: float, count: int = 1) -> list[Request]:
+        args = [self.group, consumer, int(min_idle * 1000), count]
+        try:
+            claimed = await self.pipe.script(RECLAIM, [self.keys.inbox(bot)], args)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                raise GroupMissing(str(exc)) from None
+            raise
+        return [decode_request(bot, _text(eid), _fields(fields), int(n)) for eid, fields, n in claimed]
+
+    async def retry(self, consumer: str, request: Request) -> Request | None:
+        key = self.keys.inbox(request.bot)
+        try:
+            claimed = await self.pipe.execute("XCLAIM", key, self.group, consumer, 0, request.entry_id)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return None
+            raise
+        return request.next_attempt() if claimed else None
+
+    async def _finish(self, request: Request, dead: list[Any]) -> None:
+        keys = [self.keys.inbox(request.bot), self.keys.dead_letters(request.bot)]
+        await self.pipe.script(FINISH, keys, [self.group, request.entry_id, *dead])
+
+    async def ack(self, request: Request) -> None:
+        await self._finish(request, [])
+
+    async def dead_letter(self, request: Request, reason: str) -> None:
+        dead = [request.message_id, request.frame, reason, request.attempts, DEAD_LETTERS_MAX]
+        await self._finish(request, dead)
+
+    async def dead_letters(self, bot: str, limit: int = 100) -> list[DeadLetter]:
+        raw = await self.pipe.execute("XRANGE", self.keys.dead_letters(bot), "-", "+", "COUNT", limit)
+        letters = []
+        for entry_id, fields in raw:
+            f = _fields(fields)
+            letters.append(
+                DeadLetter(_text(entry_id), _text(f[b"m"]), _text(f[b"reason"]), int(f[b"attempts"]), f[b"f"])
+            )
+        return letters
+
+    async def backlog(self, bot: str) -> Backlog:
+        key = self.keys.inbox(bot)
+        length, pending, first = await asyncio.gather(
+            self.pipe.call("XLEN", key), self.pending(bot), self.pipe.call("XRANGE", key, "-", "+", "COUNT", 1)
+        )
+        oldest = (time.time() * 1000 - id_key(_text(first[0][0]))[0]) / 1000 if first else 0.0
+        return Backlog(int(length), pending, max(oldest, 0.0))
+
+    async def answered(self, bot: str, message_id: str) -> bool:
+        return bool(await self.pipe.execute("EXISTS", self.keys.replied(bot, message_id)))
+
+    async def prune_consumers(self, bot: str, keep: str) -> None:
+        key = self.keys.inbox(bot)
+        try:
+            consumers = await self.pipe.execute("XINFO", "CONSUMERS", key, self.group)
+        except ResponseError:
+            return  # no group: nothing to prune
+        for consumer in consumers:
+            name = _text(consumer[b"name"])
+            if name != keep and int(consumer[b"pending"]) == 0:
+                await self.pipe.execute("XGROUP", "DELCONSUMER", key, self.group, name)
+
+    # -- leases --------------------------------------------------------------------------
+    async def _lease(self, bot: str, owner: str, ttl: float, op: str) -> bool:
+        return bool(await self.pipe.script(LEASE, [self.keys.lease(bot)], [owner, max(1, int(ttl * 1000)), op]))
+
+    async def claim_lease(self, bot: str, owner: str, ttl: float) -> bool:
+        return await self._lease(bot, owner, ttl, "claim")
+
+    async def renew_lease(self, bot: str, owner: str, ttl: float) -> bool:
+        return await self._lease(bot, owner, ttl, "renew")
+
+    async def release_lease(self, bot: str, owner: str) -> bool:
+        return await self._lease(bot, owner, 0, "release")
+
+    async def lease_owner(self, bot: str) -> str | None:
+        owner = await self.pipe.execute("GET", self.keys.lease(bot))
+        return _text(owner) if owner is not None else None
+
+    # -- workers and the running set -------------------------------------------------------
+    async def heartbeat(self, worker: str, ttl: float) -> int:
+        return int(await self.pipe.script(HEARTBEAT, [workers_key(self.keys)], [worker, int(ttl * 1000)]))
+
+    async def leave(self, worker: str) -> None:
+        await self.pipe.execute("ZREM", workers_key(self.keys), worker)
+
+    async def wait_bots_changed(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        try:
+            if self._control is None:
+                self._control = self.client.pubsub(ignore_subscribe_messages=True)
+                await self._control.subscribe(self.keys.control_channel())
+            while (remaining := deadline - time.monotonic()) > 0:
+                message = await self._control.get_message(timeout=remaining)
+                if message is not None and message["type"] == "message":
+                    while await self._control.get_message(timeout=0) is not None:
+                        pass  # one look at the bots answers every notice queued so far
+                    return True
+        except (RedisError, OSError) as exc:
+            log.warning("control channel lost: %s", exc)
+            await self._close_control()
+            await asyncio.sleep(max(0.0, min(1.0, deadline - time.monotonic())))  # back off, then rescan
+            return True
+        return False
+
+    async def notify_bots_changed(self) -> None:
+        await self.pipe.execute("PUBLISH", self.keys.control_channel(), "")
+
+    async def _close_control(self) -> None:
+        if self._control is not None:
+            control, self._control = self._control, None
+            with contextlib.suppress(RedisError, OSError):
+                await control.aclose()
+
+    async def close(self) -> None:
+        await self._close_control()
+        with contextlib.suppress(RedisError, OSError):
+            await self._reader.aclose()

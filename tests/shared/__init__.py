@@ -1,0 +1,1 @@
+"""Tests of the shared package and of the reference docs that describe it."""
