@@ -25,6 +25,7 @@ routes = web.RouteTableDef()
 PRINCIPAL = web.RequestKey("principal", Principal)
 MAX_BODY = 64 * 1024
 HISTORY_LIMIT = 1000
+REVOCATION_TTL = 7 * 24 * 3600  # longer than any token we expect an identity provider to issue
 
 
 def ok(body: Any, status: int = 200) -> web.Response:
@@ -41,7 +42,7 @@ async def api_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     ):
         return await handler(request)
     node = request.app[NODE]
-    request[PRINCIPAL] = await authenticate(request, node.verifier, node.metrics)
+    request[PRINCIPAL] = await authenticate(request, node.verifier, node.metrics, node.broker.revocations)
     try:
         return await handler(request)
     except ChatError as exc:
@@ -132,7 +133,9 @@ async def get_bot(request: web.Request) -> web.Response:
 @routes.delete("/api/bots/{bot}")
 async def delete_bot(request: web.Request) -> web.Response:
     bot = await _bot(request, manage=True)
-    await request.app[NODE].broker.registry.delete(bot.id)
+    node = request.app[NODE]
+    await node.broker.registry.delete(bot.id)
+    await node.control({"op": "evict", "room": bot.id})
     return web.Response(status=204)
 
 
@@ -146,7 +149,11 @@ async def add_member(request: web.Request) -> web.Response:
 @routes.delete("/api/bots/{bot}/members/{user}")
 async def remove_member(request: web.Request) -> web.Response:
     bot = await _bot(request, manage=True)
-    await request.app[NODE].broker.registry.remove_member(bot.id, _user(request))
+    user = _user(request)
+    node = request.app[NODE]
+    await node.broker.registry.remove_member(bot.id, user)
+    if user != bot.owner:
+        await node.control({"op": "evict", "room": bot.id, "user": user})
     return web.Response(status=204)
 
 
@@ -205,3 +212,15 @@ async def get_messages(request: web.Request) -> web.Response:
     last_id = orjson.dumps(page.last_id)
     body = b'{"messages":[' + messages + b'],"last_id":' + last_id + b"}"
     return web.Response(body=body, content_type="application/json")
+
+
+@routes.post("/api/admin/revoke/{user}")
+async def revoke_user(request: web.Request) -> web.Response:
+    """Refuse the user's current tokens and disconnect them on every node (admin only)."""
+    node: Node = request.app[NODE]
+    if not request[PRINCIPAL].is_admin:
+        raise ChatError(ErrorCode.FORBIDDEN, "revoking needs the admin role")
+    user = _user(request)
+    await node.broker.revocations.revoke(user, time.time(), REVOCATION_TTL)
+    await node.control({"op": "revoke", "user": user})
+    return web.Response(status=204)

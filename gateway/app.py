@@ -45,8 +45,12 @@ def create_app(
         node.verifier_secret = secret or settings.jwt_secret
         app[BROKER] = the_broker
         app[NODE] = node
-        background = [asyncio.create_task(node.keep_presence(), name="presence")]
-        workers = await _start_in_process_workers(settings, the_broker)
+        await node.start()
+        background = [
+            asyncio.create_task(node.keep_presence(), name="presence"),
+            asyncio.create_task(node.probe(), name="probe"),
+        ]
+        workers = await _start_in_process_workers(settings, the_broker, metrics.registry)
         metrics.ready.set(1)
         yield
         metrics.ready.set(0)
@@ -67,6 +71,7 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/", index)
+    app.router.add_get("/api/openapi.json", _openapi)
     app.router.add_static("/static", str(STATIC), append_version=False)
     app.add_routes(api.routes)
     if settings.dev_login:
@@ -92,7 +97,7 @@ async def dev_token(request: web.Request) -> web.Response:
     return web.json_response({"token": token, "exp": int(time.time()) + 12 * 3600})
 
 
-async def _start_in_process_workers(settings: Settings, broker: Broker) -> list[Any]:
+async def _start_in_process_workers(settings: Settings, broker: Broker, registry: Any) -> list[Any]:
     """In the single-process mode the bot workers run here, on the same in-memory broker."""
     if not settings.single_process or settings.in_process_workers == 0:
         return []
@@ -100,7 +105,11 @@ async def _start_in_process_workers(settings: Settings, broker: Broker) -> list[
 
     # looked up by name: the gateway package does not depend on the worker package
     embedded = import_module("worker.embedded")
-    return [await embedded.start(settings, broker, index) for index in range(settings.in_process_workers)]
+    shared_metrics = embedded.create_metrics(registry)  # the workers' figures appear on the gateway's /metrics
+    return [
+        await embedded.start(settings, broker, index, metrics=shared_metrics)
+        for index in range(settings.in_process_workers)
+    ]
 
 
 async def _close_sockets(app: web.Application) -> None:
@@ -119,6 +128,8 @@ async def readyz(request: web.Request) -> web.Response:
         await asyncio.wait_for(node.broker.ping(), 2)
     except (BrokerUnavailable, OSError, TimeoutError):
         return web.json_response({"status": "broker unavailable"}, status=503)
+    if not node.pubsub_healthy():
+        return web.json_response({"status": "pub/sub probe lost"}, status=503)
     return web.json_response({"status": "ready"})
 
 
@@ -127,6 +138,12 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     metrics.subscriptions.set(request.app[NODE].broker.fanout.subscriptions())
     body = generate_latest(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _openapi(request: web.Request) -> web.StreamResponse:
+    from gateway.openapi import openapi_json
+
+    return await openapi_json(request)
 
 
 async def index(request: web.Request) -> web.StreamResponse:

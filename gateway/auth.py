@@ -47,6 +47,7 @@ AuthReason = Literal[
     "issuer",
     "unknown_key",
     "keys_unavailable",
+    "revoked",
 ]
 #: Every reason, so metrics can create their label values up front.
 AUTH_REASONS: tuple[AuthReason, ...] = get_args(AuthReason)
@@ -79,6 +80,7 @@ class Principal:
     name: str | None
     roles: frozenset[str]
     exp: float  # unix seconds; the connection must be refreshed or closed by then
+    issued: float | None = None  # iat: tokens issued before a revocation of the user are refused
 
     @property
     def is_admin(self) -> bool:
@@ -337,7 +339,7 @@ def _principal(claims: dict[str, Any], now: float, settings: Settings) -> Princi
             raise AuthError("audience", "token is meant for another audience")
     if settings.jwt_issuer is not None and claims.get("iss") != settings.jwt_issuer:
         raise AuthError("issuer", "token comes from another issuer")
-    return Principal(user=user, name=_name(claims), roles=_roles(claims), exp=exp)
+    return Principal(user=user, name=_name(claims), roles=_roles(claims), exp=exp, issued=_timestamp(claims, "iat"))
 
 
 def _is_unsafe(char: str) -> bool:

@@ -9,6 +9,7 @@ from aiohttp import web
 from gateway.auth import AuthError, Principal, TokenVerifier, token_from_request
 from gateway.metrics import GatewayMetrics
 from shared import protocol
+from shared.broker import BrokerUnavailable, Revocations
 from shared.errors import ErrorCode
 from shared.settings import Settings
 
@@ -34,11 +35,25 @@ def origin_allowed(origin: str | None, host: str | None, settings: Settings) -> 
     return urlsplit(origin).netloc.lower() == (host or "").lower()
 
 
-async def authenticate(request: web.Request, verifier: TokenVerifier, metrics: GatewayMetrics) -> Principal:
+async def verify_unrevoked(token: str | None, verifier: TokenVerifier, revocations: Revocations) -> Principal:
+    """Verify a token and refuse it when its user was revoked after it was issued."""
+    principal = await verifier.verify(token)
+    revoked_at = await revocations.revoked_at(principal.user)
+    if revoked_at is not None and (principal.issued is None or principal.issued <= revoked_at):
+        raise AuthError("revoked", "this user's tokens were revoked; sign in again")
+    return principal
+
+
+async def authenticate(
+    request: web.Request, verifier: TokenVerifier, metrics: GatewayMetrics, revocations: Revocations
+) -> Principal:
     """The caller's principal; raises an HTTP 401 answer (never an upgrade) when the token is bad."""
     token = token_from_request(request.query.get("token"), request.headers.get("Authorization"))
     try:
-        return await verifier.verify(token)
+        return await verify_unrevoked(token, verifier, revocations)
+    except BrokerUnavailable:
+        body = protocol.encode({"error": ErrorCode.UNAVAILABLE.value, "message": "storage is unavailable"}).decode()
+        raise web.HTTPServiceUnavailable(text=body, content_type="application/json") from None
     except AuthError as exc:
         metrics.auth_failures.labels(exc.reason).inc()
         if exc.reason == "keys_unavailable":  # the identity provider is down: retrying later can work

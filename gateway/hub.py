@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import time
+from typing import Protocol
 
 from gateway.connection import Connection
 from gateway.wire import text_frame
@@ -21,21 +22,26 @@ log = logging.getLogger(__name__)
 UNSUBSCRIBE_DELAY = 1.0
 
 
+class DeliveryObserver(Protocol):
+    def delivered(self, frame: bytes, count: int, message_id: str, seconds: float) -> None:
+        """One room event was written to ``count`` local connections in ``seconds``."""
+
+
 class Hub:
-    def __init__(self, fanout: FanOut, *, on_delivered: Callable[[int], None] | None = None) -> None:
+    def __init__(self, fanout: FanOut, observer: DeliveryObserver | None = None) -> None:
         self.fanout = fanout
         self.rooms: dict[str, set[Connection]] = {}
         self._subscribing: dict[str, asyncio.Future[None]] = {}
         self._subscribed: set[str] = set()
         self._unsubscribe_timers: dict[str, asyncio.TimerHandle] = {}
-        self._on_delivered = on_delivered
-        fanout.set_handler(self.deliver)
+        self._observer = observer
 
     def deliver(self, room: str, packet: bytes) -> None:
         """Write one room event to every local member (the broker's handler; never blocks)."""
         members = self.rooms.get(room)
         if not members:
             return
+        started = time.perf_counter()
         message_id, exclude, frame = protocol.unpack(packet)
         framed = text_frame(frame)
         delivered = 0
@@ -46,8 +52,8 @@ class Hub:
                 continue
             connection.write(framed)
             delivered += 1
-        if self._on_delivered is not None:
-            self._on_delivered(delivered)
+        if self._observer is not None:
+            self._observer.delivered(frame, delivered, message_id, time.perf_counter() - started)
 
     async def add(self, room: str, connection: Connection) -> None:
         """Register a member; returns once this node receives the room's events."""

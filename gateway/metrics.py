@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -44,3 +46,33 @@ class GatewayMetrics:
         self.slow_consumers = Counter("chat_slow_consumers", "Clients closed for falling behind", registry=r)
         self.rate_limited = Counter("chat_rate_limited", "Frames and requests refused by a rate limit", registry=r)
         self.ready = Gauge("chat_ready", "1 when this node accepts clients", registry=r)
+        self._sent: dict[str, Counter] = {}
+
+    # -- hooks called from the hot paths: one call per event or per Redis round trip, never per member
+    def delivered(self, frame: bytes, count: int, message_id: str, seconds: float) -> None:
+        kind = frame_kind(frame)
+        sent = self._sent.get(kind)
+        if sent is None:
+            sent = self._sent[kind] = self.frames_sent.labels(kind)
+        sent.inc(count)
+        self.deliveries.inc(count)
+        self.fanout_duration.observe(seconds)
+        if message_id:
+            self.message_latency.observe(max(0.0, time.time() - int(message_id.partition("-")[0]) / 1000))
+
+    def redis_round_trip(self, seconds: float, commands: int, failed: int) -> None:
+        self.redis_duration.observe(seconds)
+        if failed:
+            self.redis_errors.inc(failed)
+
+
+KNOWN_KINDS = frozenset(
+    {"message", "typing", "presence", "status", "delta", "bot_status", "joined", "ack", "error", "reconnect"}
+)
+
+
+def frame_kind(frame: bytes) -> str:
+    """The ``type`` of a server frame, read from its first bytes (frames start with ``{"type":"``)."""
+    end = frame.find(b'"', 9)
+    kind = frame[9:end].decode(errors="replace") if end > 9 else ""
+    return kind if kind in KNOWN_KINDS else "other"

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from gateway.auth import Principal, TokenVerifier
@@ -20,10 +21,12 @@ from gateway.metrics import GatewayMetrics
 from gateway.typing_timers import TypingTimers
 from shared import protocol
 from shared.broker import Broker, BrokerUnavailable
-from shared.errors import CloseCode
+from shared.errors import CloseCode, ErrorCode
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+CONTROL_ROOM = "_control"  # not a valid bot id (bots are "b" + hex), so never a chat room
+PROBE_INTERVAL = 5.0
 DRAIN_MIN_RATE = 200  # connections handed back per second at least, so small nodes stop quickly
 
 
@@ -41,14 +44,66 @@ class Node:
         self.broker = broker
         self.verifier = verifier
         self.metrics = metrics
-        self.hub = Hub(broker.fanout, on_delivered=metrics.deliveries.inc)
+        self.hub = Hub(broker.fanout, metrics)
+        broker.fanout.set_handler(self.on_event)
+        if broker.pipe is not None:
+            broker.pipe.observer = metrics.redis_round_trip
         self.typing = TypingTimers(settings.typing_timeout, self._typing_expired)
         self.connections: dict[str, Connection] = {}
         self.user_connections: Counter[str] = Counter()
         self.names: dict[str, str] = {}  # user -> display name, for typing frames the server sends
         self.draining = False
+        self.probe_room = "_probe." + "".join(c if c.isalnum() or c in "_.-" else "-" for c in settings.node_id)[:50]
+        self.probe_seen = time.monotonic()
         self.verifier_secret: str | None = None  # HS256 key the dev login signs with, when there is one
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    def on_event(self, room: str, packet: bytes) -> None:
+        """Every room event this node receives; node control events use reserved rooms."""
+        if room == CONTROL_ROOM:
+            self._control(packet)
+        elif room == self.probe_room:
+            self.probe_seen = time.monotonic()
+        else:
+            self.hub.deliver(room, packet)
+
+    async def start(self) -> None:
+        """Subscribe to the node control channel and this node's own probe channel."""
+        await self.broker.fanout.subscribe(CONTROL_ROOM)
+        await self.broker.fanout.subscribe(self.probe_room)
+        self.probe_seen = time.monotonic()
+
+    async def control(self, operation: dict[str, Any]) -> None:
+        """Tell every node to act on users' connections (revocation, removal from a room)."""
+        await self.broker.fanout.publish(CONTROL_ROOM, protocol.pack(protocol.encode(operation)))
+
+    def _control(self, packet: bytes) -> None:
+        _, _, frame = protocol.unpack(packet)
+        operation = orjson.loads(frame)
+        user, room = operation.get("user"), operation.get("room")
+        for connection in list(self.connections.values()):
+            if user is not None and connection.user != user:
+                continue
+            if operation.get("op") == "revoke":
+                connection.send(protocol.error_frame(ErrorCode.UNAUTHORIZED, "your access was revoked"))
+                connection.close(CloseCode.AUTH, "revoked")
+            elif operation.get("op") == "evict" and (room in connection.rooms or room in connection.pending):
+                self._evict(connection, room)
+
+    def _evict(self, connection: Connection, room: str) -> None:
+        connection.rooms.discard(room)
+        connection.pending.pop(room, None)
+        connection.send(protocol.encode({"type": "left", "room": room, "reason": "removed"}))
+        self.spawn(self.leave_room(room, connection))
+
+    async def probe(self) -> None:
+        """Publish to this node's probe channel so a deaf pub/sub connection shows in readiness."""
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            await self.publish(self.probe_room, b"{}")
+
+    def pubsub_healthy(self) -> bool:
+        return time.monotonic() - self.probe_seen < 3 * PROBE_INTERVAL
 
     # -- connections ---------------------------------------------------------------------
     def at_capacity(self, user: str) -> bool:
@@ -181,7 +236,3 @@ class Node:
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def now() -> float:
-    return time.time()

@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.auth import AuthError
 from gateway.connection import Connection
+from gateway.handshake import verify_unrevoked
 from gateway.node import Node, user_ref
 from shared import protocol
 from shared.broker import BrokerUnavailable
@@ -167,7 +168,7 @@ class Session:
 
     async def refresh_token(self, frame: Auth) -> None:
         try:
-            principal = await self.node.verifier.verify(frame.token)
+            principal = await verify_unrevoked(frame.token, self.node.verifier, self.broker.revocations)
         except AuthError as exc:
             self.node.metrics.auth_failures.labels(exc.reason).inc()
             raise ChatError(ErrorCode.UNAUTHORIZED, exc.message) from None

@@ -9,7 +9,7 @@ import time
 
 from aiohttp import WSMsgType, web
 
-from gateway.appkeys import METRICS, NODE
+from gateway.appkeys import NODE
 from gateway.connection import Connection
 from gateway.handshake import authenticate, json_error, origin_allowed
 from gateway.node import Node
@@ -29,7 +29,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if not origin_allowed(request.headers.get("Origin"), request.headers.get("Host"), settings):
         node.metrics.auth_failures.labels("origin").inc()
         return json_error(ErrorCode.FORBIDDEN, "this origin may not connect")
-    principal = await authenticate(request, node.verifier, request.app[METRICS])
+    principal = await authenticate(request, node.verifier, node.metrics, node.broker.revocations)
     if node.draining:
         return json_error(ErrorCode.UNAVAILABLE, "this node is shutting down; reconnect")
     if node.at_capacity(principal.user):

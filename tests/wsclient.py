@@ -90,7 +90,9 @@ class ChatSocket:
         deadline = asyncio.get_running_loop().time() + scaled(timeout)
         while True:
             message = await self.ws.receive(timeout=max(0.01, deadline - asyncio.get_running_loop().time()))
-            if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+            if message.type is aiohttp.WSMsgType.CLOSE:
+                return int(message.data)  # the code the server sent
+            if message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
                 return self.ws.close_code
             if message.type is aiohttp.WSMsgType.TEXT:
                 self.seen.append(orjson.loads(message.data))

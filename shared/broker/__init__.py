@@ -19,7 +19,9 @@ from shared.broker.base import (
     HistoryPage,
     Presence,
     PresenceChange,
+    Revocations,
 )
+from shared.broker.queue import BotQueue
 from shared.settings import Settings
 
 __all__ = [
@@ -45,10 +47,12 @@ class Broker:
     history: History
     presence: Presence
     registry: BotRegistry
-    queue: Any  # shared.broker.queue.BotQueue
+    revocations: Revocations
+    queue: BotQueue
     ping: Callable[[], Awaitable[None]]
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     store: Any = None  # the MemoryStore, for nodes sharing one process
+    pipe: Any = None  # the Redis CommandPipe, whose ``observer`` feeds Redis latency metrics
 
     async def close(self) -> None:
         for close in reversed(self.closers):
@@ -63,7 +67,15 @@ def make_broker(settings: Settings, *, store: Any = None) -> Broker:
 
 
 def _memory_broker(settings: Settings, store: Any) -> Broker:
-    from shared.broker.memory import MemoryBotRegistry, MemoryFanOut, MemoryHistory, MemoryPresence, MemoryStore
+    from shared.broker.memory import (
+        MemoryBotRegistry,
+        MemoryFanOut,
+        MemoryHistory,
+        MemoryPresence,
+        MemoryRevocations,
+        MemoryStore,
+    )
+    from shared.broker.memory_queue import MemoryBotQueue
 
     store = store or MemoryStore(settings)
     fanout = MemoryFanOut(store)
@@ -80,7 +92,8 @@ def _memory_broker(settings: Settings, store: Any) -> Broker:
         history=MemoryHistory(store),
         presence=MemoryPresence(store),
         registry=MemoryBotRegistry(store),
-        queue=_queue("memory_queue", "MemoryBotQueue", store, settings),
+        revocations=MemoryRevocations(store),
+        queue=MemoryBotQueue(store, settings),
         ping=ping,
         closers=[close],
         store=store,
@@ -90,8 +103,9 @@ def _memory_broker(settings: Settings, store: Any) -> Broker:
 def _redis_broker(settings: Settings) -> Broker:
     from redis.exceptions import RedisError
 
-    from shared.broker.redis import RedisBotRegistry, RedisFanOut, RedisHistory, RedisPresence
+    from shared.broker.redis import RedisBotRegistry, RedisFanOut, RedisHistory, RedisPresence, RedisRevocations
     from shared.broker.redis_link import CommandPipe, connect
+    from shared.broker.redis_queue import RedisBotQueue
     from shared.keys import Keys
 
     assert settings.redis_url is not None
@@ -115,16 +129,9 @@ def _redis_broker(settings: Settings) -> Broker:
         history=RedisHistory(pipe, keys, settings),
         presence=RedisPresence(pipe, keys, settings),
         registry=RedisBotRegistry(pipe, keys),
-        queue=_queue("redis_queue", "RedisBotQueue", client, pipe, keys, settings),
+        revocations=RedisRevocations(pipe, keys),
+        queue=RedisBotQueue(client, pipe, keys, settings),
         ping=ping,
         closers=[close_client, pipe.close, fanout.close],
+        pipe=pipe,
     )
-
-
-def _queue(module: str, name: str, *args: Any) -> Any:
-    from importlib import import_module
-
-    try:  # TEMPORARY-REMOVE
-        return getattr(import_module(f"shared.broker.{module}"), name)(*args)
-    except (ModuleNotFoundError, AttributeError):  # TEMPORARY-REMOVE
-        return None

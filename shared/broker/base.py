@@ -119,3 +119,12 @@ class BotRegistry(Protocol):
 
     async def running(self) -> set[str]:
         """Bots whose wanted state is running (status starting or running)."""
+
+
+class Revocations(Protocol):
+    """Users whose tokens issued before a moment are refused everywhere."""
+
+    async def revoke(self, user: str, at: float, ttl: float) -> None:
+        """Refuse ``user``'s tokens issued before ``at`` (unix seconds) for ``ttl`` seconds."""
+
+    async def revoked_at(self, user: str) -> float | None: ...

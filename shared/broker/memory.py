@@ -54,6 +54,7 @@ class MemoryStore:
         self.bots: dict[str, Bot] = {}
         self.members: dict[str, set[str]] = defaultdict(set)
         self.presence: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
+        self.revoked: dict[str, tuple[float, float]] = {}  # user -> (revoked at, forgotten at)
         self.control: list[asyncio.Event] = []  # set when the running set changes
 
     def history(self, room: str) -> MemoryStream:
@@ -145,7 +146,8 @@ class MemoryHistory:
         position = next((i for i, (entry_id, _) in enumerate(entries) if entry_id == since), None)
         if position is None:
             after = [e for e in entries if protocol.id_newer(e[0], since)]
-            complete = False
+            # newer than every kept message: trimming only drops older ones, so nothing was missed
+            complete = not after and bool(entries) and protocol.id_newer(since, entries[-1][0])
         else:
             after = entries[position + 1 :]
             complete = True
@@ -253,3 +255,17 @@ class MemoryBotRegistry:
 
     async def running(self) -> set[str]:
         return {b.id for b in self.store.bots.values() if b.status in WANTED_RUNNING}
+
+
+class MemoryRevocations:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    async def revoke(self, user: str, at: float, ttl: float) -> None:
+        self.store.revoked[user] = (at, time.monotonic() + ttl)
+
+    async def revoked_at(self, user: str) -> float | None:
+        entry = self.store.revoked.get(user)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]

@@ -14,7 +14,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shared.broker.memory import MemoryStore, MemoryStream, now_ms
-from shared.broker.queue import Backlog, BotQueue, DeadLetter, GroupMissing, Request, decode_request, id_key
+from shared.broker.queue import (
+    RELEASED_IDLE,
+    Backlog,
+    BotQueue,
+    DeadLetter,
+    GroupMissing,
+    Request,
+    decode_request,
+    id_key,
+)
 from shared.settings import Settings
 
 
@@ -158,6 +167,12 @@ class MemoryBotQueue(BotQueue):
             return None
         entry.consumer, entry.delivered, entry.count = consumer, time.monotonic(), entry.count + 1
         return request.next_attempt()
+
+    async def release(self, consumer: str, request: Request) -> None:
+        group = self.state.groups.get(request.bot)
+        entry = group.pending.get(request.entry_id) if group is not None else None
+        if entry is not None:
+            entry.delivered = time.monotonic() - RELEASED_IDLE
 
     def _forget(self, request: Request) -> bool:
         group = self.state.groups.get(request.bot)

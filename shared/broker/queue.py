@@ -116,6 +116,13 @@ class BotQueue(Protocol):
     async def retry(self, consumer: str, request: Request) -> Request | None:
         """Count another attempt of a pending request held by ``consumer``; None when it is gone."""
 
+    async def release(self, consumer: str, request: Request) -> None:
+        """Give back a request taken but not handled: the bot's next server reclaims it at once.
+
+        It stays pending (its place in the bot's order is kept) but looks idle for a long time;
+        the attempt count is unchanged.
+        """
+
     async def ack(self, request: Request) -> None:
         """The request is answered: forget it."""
 
@@ -159,6 +166,9 @@ class BotQueue(Protocol):
         """Tell every worker to look at the bots again (e.g. after leases were released)."""
 
     async def close(self) -> None: ...
+
+
+RELEASED_IDLE = 365 * 24 * 3600.0  # seconds a released request appears idle: past any visibility timeout
 
 
 def id_key(entry_id: str) -> tuple[int, int]:

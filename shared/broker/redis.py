@@ -54,6 +54,8 @@ class RedisFanOut:
         self._rooms: dict[bytes, str] = {}  # channel -> room, for every room subscribed or subscribing
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
         self._pubsub = client.pubsub()
+        # redis-py's PubSub opens a connection per concurrent first command; only the last is read
+        self._commands = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
@@ -72,7 +74,8 @@ class RedisFanOut:
         if confirmation is None:
             confirmation = self._confirmations[channel] = asyncio.get_running_loop().create_future()
             try:
-                await (self._pubsub.ssubscribe(channel) if self.sharded else self._pubsub.subscribe(channel))
+                async with self._commands:
+                    await (self._pubsub.ssubscribe(channel) if self.sharded else self._pubsub.subscribe(channel))
             except (RedisError, OSError) as exc:
                 self._rooms.pop(channel, None)
                 self._confirmations.pop(channel, None)
@@ -86,9 +89,10 @@ class RedisFanOut:
             return
         pending = self._confirmations.pop(channel, None)
         if pending is not None and not pending.done():
-            pending.cancel()
+            pending.set_result(None)  # a subscribe() still waiting returns; cancelling would cancel its caller
         with contextlib.suppress(RedisError, OSError):
-            await (self._pubsub.sunsubscribe(channel) if self.sharded else self._pubsub.unsubscribe(channel))
+            async with self._commands:
+                await (self._pubsub.sunsubscribe(channel) if self.sharded else self._pubsub.unsubscribe(channel))
 
     async def publish(self, room: str, packet: bytes) -> None:
         await self.pipe.call(self.publish_command, self.keys.channel(room), packet)
@@ -181,10 +185,12 @@ class RedisHistory:
             self.pipe.call("XREVRANGE", key, "+", "-", "COUNT", 1),
         )
         entries = self._entries(after)
+        last_id = _text(newest[0][0]) if newest else None
         complete = bool(entries) and entries[0][0] == since
         if complete:
             entries = entries[1:]
-        last_id = _text(newest[0][0]) if newest else None
+        elif not entries and last_id is not None and protocol.id_newer(since, last_id):
+            complete = True  # newer than every kept message: trimming only drops older ones, so nothing was missed
         if entries and last_id is not None and entries[-1][0] != last_id and len(entries) >= limit:
             # more than ``limit`` messages were missed: replay the newest ones, never a prefix with a gap after it
             latest = await self.read_latest(room, limit)
@@ -321,3 +327,16 @@ class RedisBotRegistry:
 
     async def running(self) -> set[str]:
         return {_text(b) for b in await self.pipe.call("SMEMBERS", self.keys.running_bots())}
+
+
+class RedisRevocations:
+    def __init__(self, pipe: CommandPipe, keys: Keys) -> None:
+        self.pipe = pipe
+        self.keys = keys
+
+    async def revoke(self, user: str, at: float, ttl: float) -> None:
+        await self.pipe.call("SET", self.keys.revoked(user), repr(at), "EX", max(1, int(ttl)))
+
+    async def revoked_at(self, user: str) -> float | None:
+        value = await self.pipe.call("GET", self.keys.revoked(user))
+        return float(value) if value is not None else None

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections import deque
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -25,11 +27,12 @@ MAX_BATCH = 512
 
 
 def connect(url: str, *, max_connections: int = 32) -> aioredis.Redis:
-    """A client whose pool waits for a free connection instead of raising."""
+    """A client whose pool waits for a free connection instead of raising; ``aclose()`` closes the pool."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=10, health_check_interval=15, socket_keepalive=True
     )
-    return aioredis.Redis(connection_pool=pool)
+    # from_pool hands the pool to the client: Redis(connection_pool=...) would leave its sockets open on aclose()
+    return aioredis.Redis.from_pool(pool)
 
 
 class Script:
@@ -48,6 +51,8 @@ class CommandPipe:
         self._queue: deque[tuple[tuple[Any, ...], asyncio.Future[Any]]] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # called after each round trip with (seconds, commands, failed commands): metrics hook
+        self.observer: Callable[[float, int, int], None] | None = None
 
     def start(self) -> None:
         if self._task is None:
@@ -95,19 +100,29 @@ class CommandPipe:
         pipe = self.client.pipeline(transaction=False)
         for args, _ in batch:
             pipe.execute_command(*args)
+        started = time.perf_counter()
         try:
             replies = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             log.warning("redis pipeline failed: %s", exc)
+            self._observe(started, len(batch), len(batch))
             error = BrokerUnavailable(f"Redis is unreachable: {exc}")
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
             return
+        failed = 0
         for (_, future), reply in zip(batch, replies, strict=True):
+            if isinstance(reply, Exception):
+                failed += 1
             if future.done():
                 continue
             if isinstance(reply, Exception):
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+        self._observe(started, len(batch), failed)
+
+    def _observe(self, started: float, commands: int, failed: int) -> None:
+        if self.observer is not None:
+            self.observer(time.perf_counter() - started, commands, failed)

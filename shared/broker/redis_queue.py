@@ -22,7 +22,16 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError, ResponseError
 
 from shared.broker.base import BrokerUnavailable
-from shared.broker.queue import Backlog, BotQueue, DeadLetter, GroupMissing, Request, decode_request, id_key
+from shared.broker.queue import (
+    RELEASED_IDLE,
+    Backlog,
+    BotQueue,
+    DeadLetter,
+    GroupMissing,
+    Request,
+    decode_request,
+    id_key,
+)
 from shared.broker.redis_link import CommandPipe, Script
 from shared.keys import Keys
 from shared.settings import Settings
@@ -206,6 +215,12 @@ class RedisBotQueue(BotQueue):
                 return None
             raise
         return request.next_attempt() if claimed else None
+
+    async def release(self, consumer: str, request: Request) -> None:
+        idle = int(RELEASED_IDLE * 1000)
+        key = self.keys.inbox(request.bot)
+        with contextlib.suppress(ResponseError):  # no group: nothing to give back
+            await self.pipe.execute("XCLAIM", key, self.group, consumer, 0, request.entry_id, "IDLE", idle, "JUSTID")
 
     async def _finish(self, request: Request, dead: list[Any]) -> None:
         keys = [self.keys.inbox(request.bot), self.keys.dead_letters(request.bot)]

@@ -667,7 +667,7 @@ async def test_mint_token_round_trip(hs_verifier):
     token = mint_token(TEST_SECRET, "carol", ttl=120, name="Carol", roles=["admin"], now=NOW)
     assert jwt.get_unverified_header(token)["alg"] == "HS256"
     principal = await hs_verifier.verify(token, now=NOW + 60)
-    assert principal == Principal(user="carol", name="Carol", roles=frozenset({"admin"}), exp=NOW + 120)
+    assert principal == Principal(user="carol", name="Carol", roles=frozenset({"admin"}), exp=NOW + 120, issued=NOW)
     assert await reason(hs_verifier, token, now=NOW + 120 + 10) == "expired"
 
 

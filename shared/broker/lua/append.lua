@@ -18,7 +18,8 @@ end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', trim, ARGV[3], '*', 't', ARGV[2])
 local ms = string.match(id, '^(%d+)')
 if ARGV[4] ~= '0' then
-  redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', tonumber(ms) - tonumber(ARGV[4])))
+  -- exact: '~' only drops whole nodes, so a room with fewer than 100 messages would keep them forever
+  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', tonumber(ms) - tonumber(ARGV[4])))
 end
 local frame = '{"type":"message","id":"' .. id .. '","ts":' .. ms .. ',' .. ARGV[2]
 redis.call(ARGV[9], ARGV[1], id .. '\31\n' .. frame)
