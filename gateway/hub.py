@@ -16,7 +16,7 @@ from typing import Protocol
 from gateway.connection import Connection
 from gateway.wire import text_frame
 from shared import protocol
-from shared.broker import FanOut
+from shared.broker import FanOut, History
 
 log = logging.getLogger(__name__)
 UNSUBSCRIBE_DELAY = 1.0
@@ -35,14 +35,22 @@ class Hub:
         self._subscribed: set[str] = set()
         self._unsubscribe_timers: dict[str, asyncio.TimerHandle] = {}
         self._observer = observer
+        self.last_ids: dict[str, str] = {}  # newest message id delivered per room, to fill gaps after a reconnect
+        self._recovering: dict[str, list[bytes]] = {}  # rooms catching up: live packets wait here
 
     def deliver(self, room: str, packet: bytes) -> None:
         """Write one room event to every local member (the broker's handler; never blocks)."""
         members = self.rooms.get(room)
         if not members:
             return
+        recovering = self._recovering.get(room)
+        if recovering is not None:
+            recovering.append(packet)
+            return
         started = time.perf_counter()
         message_id, exclude, frame = protocol.unpack(packet)
+        if message_id:
+            self.last_ids[room] = message_id
         framed = text_frame(frame)
         delivered = 0
         for connection in tuple(members):
@@ -86,6 +94,7 @@ class Hub:
         members.discard(connection)
         if not members:
             del self.rooms[room]
+            self.last_ids.pop(room, None)
             if room in self._subscribed and room not in self._unsubscribe_timers:
                 loop = asyncio.get_running_loop()
                 self._unsubscribe_timers[room] = loop.call_later(UNSUBSCRIBE_DELAY, self._unsubscribe_if_empty, room)
@@ -97,6 +106,32 @@ class Hub:
         self._subscribed.discard(room)
         task = asyncio.get_running_loop().create_task(self.fanout.unsubscribe(room))
         task.add_done_callback(_log_failure)
+
+    async def catch_up(self, room: str, history: History, limit: int) -> bool:
+        """Deliver the messages a room missed while the broker link was down, then the live ones.
+
+        Returns False when history no longer covers the gap; the caller must then make the room's
+        clients resume on their own (they hold their last id), since delivering out of order or
+        with a hole is never allowed.
+        """
+        last = self.last_ids.get(room)
+        if last is None or room in self._recovering or room not in self.rooms:
+            return True
+        self._recovering[room] = []
+        try:
+            page = await history.read_after(room, last, limit)
+        finally:
+            waiting = self._recovering.pop(room)
+        newest = last
+        for message_id, frame in page.entries:
+            self.deliver(room, protocol.pack(frame, message_id=message_id))
+            newest = message_id
+        for packet in waiting:
+            message_id = packet[: packet.index(protocol.PACKET_FIELD)].decode()
+            if message_id and not protocol.id_newer(message_id, newest):
+                continue  # already delivered from history
+            self.deliver(room, packet)
+        return page.complete
 
     def local_users(self, room: str) -> set[str]:
         return {c.user for c in self.rooms.get(room, ())}

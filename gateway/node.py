@@ -46,6 +46,7 @@ class Node:
         self.metrics = metrics
         self.hub = Hub(broker.fanout, metrics)
         broker.fanout.set_handler(self.on_event)
+        broker.fanout.set_gap_handler(self.on_gap)
         if broker.pipe is not None:
             broker.pipe.observer = metrics.redis_round_trip
         self.typing = TypingTimers(settings.typing_timeout, self._typing_expired)
@@ -66,6 +67,23 @@ class Node:
             self.probe_seen = time.monotonic()
         else:
             self.hub.deliver(room, packet)
+
+    def on_gap(self) -> None:
+        """The broker link came back: fill every local room from history before live events go on."""
+        for room in list(self.hub.rooms):
+            self.spawn(self._catch_up(room))
+
+    async def _catch_up(self, room: str) -> None:
+        try:
+            complete = await self.hub.catch_up(room, self.broker.history, self.settings.replay_max)
+        except (BrokerUnavailable, OSError) as exc:
+            log.warning("could not fill a gap in room history: %s", exc)
+            complete = False
+        if not complete:
+            # a hole we cannot fill: the clients resume with since through a fresh connection
+            for connection in list(self.hub.rooms.get(room, ())):
+                connection.send(protocol.encode({"type": "reconnect", "delay_ms": int(random.uniform(0, 2000))}))
+                connection.close(CloseCode.SERVICE_RESTART, "missed events; resume with since")
 
     async def start(self) -> None:
         """Subscribe to the node control channel and this node's own probe channel."""

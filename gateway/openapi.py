@@ -104,8 +104,9 @@ _NAME = {
 }
 
 # Config schemas of the built-in kinds; a kind installed as a plugin is described as a free object.
+# A null config means the kind's defaults.
 _ECHO_CONFIG = {
-    "type": "object",
+    "type": ["object", "null"],
     "additionalProperties": False,
     "properties": {"delay": {"type": "number", "minimum": 0, "maximum": 600, "description": "seconds"}},
 }
@@ -131,7 +132,7 @@ def _new_bot(kind: str) -> dict[str, Any]:
         "properties": {
             "name": _ref("schemas", "BotName"),
             "kind": {"const": kind},
-            "config": _KIND_CONFIGS.get(kind, {"type": "object"}),
+            "config": _KIND_CONFIGS.get(kind, {"type": ["object", "null"]}),
         },
     }
     if kind in kinds.PRIVILEGED_KINDS:

@@ -51,6 +51,9 @@ class FanOut(Protocol):
 
     def set_handler(self, handler: EventHandler) -> None: ...
 
+    def set_gap_handler(self, handler: Callable[[], None]) -> None:
+        """``handler`` is called when events may have been missed (the link to Redis came back)."""
+
     async def subscribe(self, room: str) -> None: ...
 
     async def unsubscribe(self, room: str) -> None: ...

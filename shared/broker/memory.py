@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shared import protocol
@@ -83,6 +84,9 @@ class MemoryFanOut:
 
     def set_handler(self, handler: EventHandler) -> None:
         self.handler = handler
+
+    def set_gap_handler(self, handler: Callable[[], None]) -> None:
+        """Nothing is ever missed in one process."""
 
     async def subscribe(self, room: str) -> None:
         self.rooms.add(room)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -53,7 +54,8 @@ class RedisFanOut:
         self.handler: EventHandler | None = None
         self._rooms: dict[bytes, str] = {}  # channel -> room, for every room subscribed or subscribing
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
-        self._pubsub = client.pubsub()
+        self.gap_handler: Callable[[], None] | None = None
+        self._pubsub = _PubSub(client.connection_pool, on_reconnect=self._reconnected)
         # redis-py's PubSub opens a connection per concurrent first command; only the last is read
         self._commands = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -61,6 +63,15 @@ class RedisFanOut:
 
     def set_handler(self, handler: EventHandler) -> None:
         self.handler = handler
+
+    def set_gap_handler(self, handler: Callable[[], None]) -> None:
+        self.gap_handler = handler
+
+    def _reconnected(self) -> None:
+        # redis-py has resubscribed every channel; events published meanwhile were lost
+        log.warning("pub/sub reconnected; %d rooms may have missed events", len(self._rooms))
+        if self.gap_handler is not None:
+            self.gap_handler()
 
     def subscriptions(self) -> int:
         return len(self._rooms)
@@ -142,6 +153,21 @@ class RedisFanOut:
             await asyncio.gather(self._task, return_exceptions=True)
         with contextlib.suppress(RedisError, OSError):
             await self._pubsub.aclose()
+
+
+class _PubSub(aioredis.client.PubSub):
+    """redis-py's PubSub, telling its owner when a lost connection came back (not the first connect)."""
+
+    def __init__(self, pool: Any, *, on_reconnect: Callable[[], None]) -> None:
+        super().__init__(pool)
+        self._on_reconnect = on_reconnect
+        self._connects = 0
+
+    async def on_connect(self, connection: Any) -> None:
+        await super().on_connect(connection)
+        self._connects += 1
+        if self._connects > 1:
+            self._on_reconnect()
 
 
 class RedisHistory:
