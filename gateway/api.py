@@ -42,7 +42,10 @@ async def api_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     ):
         return await handler(request)
     node = request.app[NODE]
-    request[PRINCIPAL] = await authenticate(request, node.verifier, node.metrics, node.broker.revocations)
+    principal = request[PRINCIPAL] = await authenticate(request, node.verifier, node.metrics, node.broker.revocations)
+    if not node.http_limits.allow(principal.user, time.monotonic()):
+        node.metrics.rate_limited.inc()
+        return json_error(ErrorCode.RATE_LIMITED, "too many requests; slow down")
     try:
         return await handler(request)
     except ChatError as exc:

@@ -18,6 +18,7 @@ from gateway.auth import Principal, TokenVerifier
 from gateway.connection import Connection
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
+from gateway.ratelimit import KeyedLimits
 from gateway.typing_timers import TypingTimers
 from shared import protocol
 from shared.broker import Broker, BrokerUnavailable
@@ -54,6 +55,7 @@ class Node:
         self.user_connections: Counter[str] = Counter()
         self.names: dict[str, str] = {}  # user -> display name, for typing frames the server sends
         self.draining = False
+        self.http_limits = KeyedLimits(settings.http_per_second, max(1.0, 2 * settings.http_per_second))
         self.probe_room = "_probe." + "".join(c if c.isalnum() or c in "_.-" else "-" for c in settings.node_id)[:50]
         self.probe_seen = time.monotonic()
         self.verifier_secret: str | None = None  # HS256 key the dev login signs with, when there is one

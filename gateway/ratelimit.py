@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 
 class TokenBucket:
     __slots__ = ("burst", "rate", "stamp", "tokens")
@@ -20,3 +22,23 @@ class TokenBucket:
             return False
         self.tokens -= cost
         return True
+
+
+class KeyedLimits:
+    """A token bucket per key (e.g. user), keeping at most ``capacity`` keys (least recent dropped)."""
+
+    def __init__(self, rate: float, burst: float, capacity: int = 100_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.capacity = capacity
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def allow(self, key: str, now: float) -> bool:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+            if len(self._buckets) > self.capacity:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+        return bucket.take(now)

@@ -74,3 +74,14 @@ async def test_shutdown_sends_reconnect_and_closes_with_1012(cluster: Cluster, d
         assert 0 <= reconnect["delay_ms"] <= 5000
         assert await sock.close_frame() == 1012
     await drain
+
+
+async def test_http_requests_per_user_are_rate_limited(cluster: Cluster) -> None:
+    """API calls over the per-user rate get 429 rate_limited; another user is unaffected."""
+    url = await cluster.node(http_per_second=1)
+    statuses = [(await cluster.api("GET", f"{url}/api/bots", "greedy"))[0] for _ in range(5)]
+    assert statuses[:2] == [200, 200]
+    assert 429 in statuses
+    status, body = await cluster.api("GET", f"{url}/api/bots", "greedy")
+    assert (status, body["error"]) == (429, "rate_limited")
+    assert (await cluster.api("GET", f"{url}/api/bots", "patient"))[0] == 200
