@@ -69,6 +69,12 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    def failed(self, what: str) -> RuntimeError:
+        """The error to raise when the process did not start: its log, with the file closed."""
+        text = self.log()
+        self._log.close()
+        return RuntimeError(f"{what} failed to start:\n{text}")
+
     def log(self) -> str:
         if not self._log.closed:
             self._log.flush()
@@ -106,7 +112,7 @@ class RedisServer(Proc):
         super().__init__(args, name=f"redis-{self.port}")
         wait_until(lambda: port_open(self.port) or not self.alive(), 10, f"redis on {self.port}")
         if not self.alive():
-            raise RuntimeError(f"redis-server failed to start:\n{self.log()}")
+            raise self.failed("redis-server")
 
     @property
     def url(self) -> str:
@@ -133,7 +139,7 @@ class GatewayNode(Proc):
         super().__init__(args, env=node_env(redis_url, **env), name=self.node_id)
         wait_until(lambda: port_open(self.port) or not self.alive(), 20, f"gateway {self.node_id}")
         if not self.alive():
-            raise RuntimeError(f"gateway failed to start:\n{self.log()}")
+            raise self.failed("gateway")
 
     @property
     def url(self) -> str:
@@ -150,7 +156,7 @@ class WorkerProcess(Proc):
         super().__init__(args, env=node_env(redis_url, **env), name=self.node_id)
         wait_until(lambda: port_open(self.metrics_port) or not self.alive(), 20, f"worker {self.node_id}")
         if not self.alive():
-            raise RuntimeError(f"worker failed to start:\n{self.log()}")
+            raise self.failed("worker")
 
 
 @contextlib.contextmanager

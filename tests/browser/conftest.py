@@ -1,0 +1,91 @@
+"""Browser fixtures: one single-process gateway with development sign-in, and headless Chromium."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.procs import GatewayNode
+
+async_api = pytest.importorskip("playwright.async_api")
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+HAVE_CHROMIUM = CHROMIUM.exists()
+
+
+@dataclass
+class Tab:
+    """A page plus what it printed: console lines and uncaught errors."""
+
+    page: async_api.Page
+    console: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[GatewayNode]:
+    """``python -m gateway`` without Redis (in-memory broker, built-in workers) and with dev sign-in."""
+    node = GatewayNode(None, name="browser", CHAT_DEV_LOGIN="true")
+    try:
+        yield node
+    finally:
+        node.terminate()
+
+
+@pytest.fixture(scope="module")
+def gateway_without_dev_login() -> Iterator[GatewayNode]:
+    """The same gateway as an operator would run it: /api/dev/token answers 404."""
+    node = GatewayNode(None, name="browser-nodev")
+    try:
+        yield node
+    finally:
+        node.terminate()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[async_api.Browser]:
+    """Headless Chromium from the system; never a downloaded browser."""
+    if not HAVE_CHROMIUM:
+        pytest.skip(f"{CHROMIUM} is not installed")
+    async with async_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest.fixture
+async def new_tab(browser):
+    """Open pages in fresh contexts (separate storage); fails the test on uncaught page errors."""
+    tabs: list[Tab] = []
+
+    async def make() -> Tab:
+        context = await browser.new_context(viewport={"width": 1100, "height": 720})
+        tab = Tab(await context.new_page())
+        tab.page.set_default_timeout(15_000)
+        tab.page.on("console", lambda msg: tab.console.append(f"{msg.type}: {msg.text}"))
+        tab.page.on("pageerror", lambda exc: tab.errors.append(str(exc)))
+        tabs.append(tab)
+        return tab
+
+    yield make
+    for tab in tabs:
+        with contextlib.suppress(Exception):
+            await tab.page.context.close()
+    errors = [e for tab in tabs for e in tab.errors]
+    assert not errors, f"uncaught errors in the page: {errors}"
