@@ -67,6 +67,10 @@ class Keys:
         """Set of bots whose wanted state is running: what workers serve."""
         return f"{self.prefix}:bots:running"
 
+    def workers(self) -> str:
+        """Sorted set of live workers scored by heartbeat expiry, to share bots fairly."""
+        return f"{self.prefix}:workers"
+
     def control_channel(self) -> str:
         """Pub/sub channel telling workers that the set of running bots changed."""
         return f"{self.prefix}:control"

@@ -80,7 +80,7 @@ def _opt(default: Any, option: Option) -> Any:
 class Settings:
     """The whole configuration of one gateway or worker process."""
 
-    host: str = _opt("127.0.0.1", Option("--host", "CHAT_HOST", str, "listen address", "gateway"))
+    host: str = _opt("127.0.0.1", Option("--host", "CHAT_HOST", str, "listen address (the worker's metrics too)"))
     port: int = _opt(4000, Option("--port", "CHAT_PORT", int, "listen port", "gateway", minimum=0))
     redis_url: str | None = _opt(
         None,
@@ -288,10 +288,6 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.node_id:
             object.__setattr__(self, "node_id", f"{socket.gethostname()}-{os.getpid()}")
-        if self.redis_url and not (self.jwt_secret or self.jwt_public_key or self.jwks_url):
-            raise SettingsError(
-                "CHAT_JWT_SECRET", "required with a Redis URL (or set CHAT_JWT_PUBLIC_KEY / CHAT_JWKS_URL)"
-            )
         if self.jwt_secret is not None and len(self.jwt_secret) < 32:
             raise SettingsError("CHAT_JWT_SECRET", "must be at least 32 characters")
         if not 1 <= len(self.redis_prefix) <= 32 or any(c in self.redis_prefix for c in "{}: "):
@@ -342,7 +338,17 @@ class Settings:
             if option.minimum is not None and value < option.minimum:
                 raise SettingsError(name, f"must be at least {option.minimum:g}")
             values[spec.name] = value
-        return cls(**values)
+        settings = cls(**values)
+        if scope == "gateway":
+            settings.require_token_keys()
+        return settings
+
+    def require_token_keys(self) -> None:
+        """A gateway with Redis must be told how to check tokens (no ephemeral key across nodes)."""
+        if self.redis_url and not (self.jwt_secret or self.jwt_public_key or self.jwks_url):
+            raise SettingsError(
+                "CHAT_JWT_SECRET", "required with a Redis URL (or set CHAT_JWT_PUBLIC_KEY / CHAT_JWKS_URL)"
+            )
 
 
 class _Parser(argparse.ArgumentParser):

@@ -14,11 +14,11 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from shared.broker.base import BrokerUnavailable
@@ -32,12 +32,13 @@ from shared.broker.queue import (
     decode_request,
     id_key,
 )
-from shared.broker.redis_link import CommandPipe, Script
+from shared.broker.redis_link import Client, CommandPipe, Script, Subscriber, is_cluster
 from shared.keys import Keys
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 DEAD_LETTERS_MAX = 10_000  # per bot, approximate: the oldest go first
+SWEEP_SECONDS = 10.0  # on a cluster, every inbox is read at least this often, notice or not
 
 
 class _Lua(Script):
@@ -74,6 +75,11 @@ end
 return deleted
 """)
 
+# KEYS: 1 inbox. ARGV: 1 group, 2 consumer, 3 entry id, 4 idle ms. A script so the reply is not parsed as entries.
+RELEASE = _Lua("""
+return redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[4], 'JUSTID')
+""")
+
 # KEYS: 1 lease. ARGV: 1 owner, 2 ttl ms, 3 "claim", "renew" or "release". Returns 1 on success.
 LEASE = _Lua("""
 local holder = redis.call('GET', KEYS[1])
@@ -102,11 +108,6 @@ return redis.call('ZCARD', KEYS[1])
 """)
 
 
-def workers_key(keys: Keys) -> str:
-    """Sorted set of live workers scored by heartbeat expiry."""
-    return f"{keys.prefix}:workers"
-
-
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -124,14 +125,87 @@ def _streams(raw: Any) -> list[tuple[Any, Any]]:
     return list(raw.items()) if isinstance(raw, dict) else [(item[0], item[1]) for item in raw]
 
 
+class _InboxNotices:
+    """On a cluster: which inboxes got requests, told on a sharded channel named like the inbox key.
+
+    A cluster refuses one XREADGROUP over streams in several slots, so a worker cannot block on
+    all its inboxes at once. The append script SPUBLISHes to the inbox's own name when it queues a
+    request; the worker holds those subscriptions, reads only the inboxes it was told about, and
+    waits for the next notice. Inboxes newly watched, or watched across a pub/sub gap, are read
+    once without a notice, and all of them every ``SWEEP_SECONDS``.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._subscriber = Subscriber(client, self._notice, sharded=True)
+        self._subscriber.on_gap = self._missed
+        self._watched: set[str] = set()
+        self._due: set[str] = set()  # inbox keys to read on the next read
+        self._changed = asyncio.Event()  # a notice, a gap or a wake() arrived
+        self._last_sweep = 0.0
+
+    def _notice(self, channel: bytes, _: bytes) -> None:
+        self._due.add(channel.decode())
+        self._changed.set()
+
+    def _missed(self) -> None:
+        self._last_sweep = 0.0
+        self._changed.set()
+
+    def wake(self) -> None:
+        self._changed.set()
+
+    async def watch(self, inboxes: Collection[str]) -> None:
+        """Hold the notice subscriptions of exactly ``inboxes``; raises BrokerUnavailable."""
+        wanted = set(inboxes)
+        for key in self._watched - wanted:
+            self._watched.discard(key)
+            await self._subscriber.unsubscribe(key.encode())
+        added = sorted(wanted - self._watched)
+        results = await asyncio.gather(*(self._subscriber.subscribe(k.encode()) for k in added), return_exceptions=True)
+        for key, result in zip(added, results, strict=True):
+            if not isinstance(result, BaseException):
+                self._watched.add(key)
+                self._due.add(key)  # requests queued before the subscription held have sent no notice
+        errors = [result for result in results if isinstance(result, BaseException)]
+        if errors:
+            raise errors[0]
+
+    def take(self, inboxes: Collection[str]) -> list[str]:
+        """The inboxes to read now; forgets their notices. Call after ``arm``."""
+        if time.monotonic() - self._last_sweep > SWEEP_SECONDS:
+            self._last_sweep = time.monotonic()
+            self._due.clear()
+            return list(inboxes)
+        due = [key for key in inboxes if key in self._due]
+        self._due.difference_update(due)
+        return due
+
+    def arm(self) -> None:
+        """Forget earlier wake-ups: a notice from now on ends the next ``wait``."""
+        self._changed.clear()
+
+    async def wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def again(self, key: str) -> None:
+        """Read ``key`` again next time (one request was taken, more may wait)."""
+        self._due.add(key)
+
+    async def close(self) -> None:
+        await self._subscriber.close()
+
+
 class RedisBotQueue(BotQueue):
-    def __init__(self, client: aioredis.Redis, pipe: CommandPipe, keys: Keys, settings: Settings) -> None:
+    def __init__(self, client: Client, pipe: CommandPipe, keys: Keys, settings: Settings) -> None:
         self.client = client
         self.pipe = pipe
         self.keys = keys
         self.settings = settings
         self.group = keys.group()
-        self._reader = client.client()  # one connection held for blocking reads
+        # a cluster refuses one XREADGROUP over inboxes in several slots: there inboxes are read on notice
+        self._notices = _InboxNotices(client) if is_cluster(client) else None
+        self._reader = None if isinstance(client, RedisCluster) else client.client()  # held for blocking reads
         self._reader_id: int | None = None  # its CLIENT ID, for CLIENT UNBLOCK
         self._reading = False  # a blocking read is in flight
         self._woken = False  # a wake() that no blocked read took: the next read does not block
@@ -146,11 +220,17 @@ class RedisBotQueue(BotQueue):
                 raise
 
     async def enqueue(self, bot: str, message_id: str, frame: bytes) -> str:
-        return _text(await self.pipe.execute("XADD", self.keys.inbox(bot), "*", "m", message_id, "f", frame))
+        key = self.keys.inbox(bot)
+        entry_id = await self.pipe.execute("XADD", key, "*", "m", message_id, "f", frame)
+        if self._notices is not None:
+            await self.pipe.execute("SPUBLISH", key, "")
+        return _text(entry_id)
 
     async def read(self, consumer: str, bots: Sequence[str], *, block: float) -> list[Request]:
         if not bots:
             return []
+        if self._reader is None:
+            return await self._read_on_notice(consumer, bots, block)
         by_key = {self.keys.inbox(bot): bot for bot in bots}
         args: list[Any] = ["XREADGROUP", "GROUP", self.group, consumer, "COUNT", 1]
         if not self._woken and block > 0:
@@ -163,11 +243,16 @@ class RedisBotQueue(BotQueue):
             self._reading = True
             raw = await self._reader.execute_command(*args)
         except ResponseError as exc:
-            if "NOGROUP" in str(exc):
+            # NOGROUP: the inbox is gone; UNBLOCKED: it was deleted while the read waited on it
+            if str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                 raise GroupMissing(str(exc)) from None
             raise
         except (RedisError, OSError) as exc:
             self._reader_id = None
+            # a held connection reconnects to its old address; one from the pool asks Sentinel for the master
+            reader, self._reader = self._reader, self.client.client()
+            with contextlib.suppress(RedisError, OSError):
+                await reader.aclose()
             raise BrokerUnavailable(f"cannot read the inboxes: {exc}") from exc
         finally:
             self._reading = False
@@ -178,7 +263,37 @@ class RedisBotQueue(BotQueue):
                 requests.append(decode_request(bot, _text(entry_id), _fields(fields), 1))
         return requests
 
+    async def _read_on_notice(self, consumer: str, bots: Sequence[str], block: float) -> list[Request]:
+        assert self._notices is not None
+        by_key = {self.keys.inbox(bot): bot for bot in bots}
+        await self._notices.watch(by_key)
+        self._notices.arm()
+        due = self._notices.take(by_key)
+        if not due and block > 0 and not self._woken:
+            await self._notices.wait(block)
+            due = self._notices.take(by_key)
+        self._woken = False
+        calls = [
+            self.pipe.call("XREADGROUP", "GROUP", self.group, consumer, "COUNT", 1, "STREAMS", k, ">") for k in due
+        ]
+        replies = await asyncio.gather(*calls, return_exceptions=True)
+        requests = []
+        for reply in replies:
+            if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
+                raise GroupMissing(str(reply))
+            if isinstance(reply, BaseException):
+                raise reply
+            for key, entries in _streams(reply):
+                self._notices.again(_text(key))
+                bot = by_key[_text(key)]
+                requests += [decode_request(bot, _text(eid), _fields(fields), 1) for eid, fields in entries]
+        return requests
+
     async def wake(self) -> None:
+        if self._notices is not None:
+            self._woken = True
+            self._notices.wake()
+            return
         if self._reading and self._reader_id is not None:
             with contextlib.suppress(RedisError, BrokerUnavailable):
                 if await self.pipe.execute("CLIENT", "UNBLOCK", self._reader_id):
@@ -220,7 +335,7 @@ class RedisBotQueue(BotQueue):
         idle = int(RELEASED_IDLE * 1000)
         key = self.keys.inbox(request.bot)
         with contextlib.suppress(ResponseError):  # no group: nothing to give back
-            await self.pipe.execute("XCLAIM", key, self.group, consumer, 0, request.entry_id, "IDLE", idle, "JUSTID")
+            await self.pipe.script(RELEASE, [key], [self.group, consumer, request.entry_id, idle])
 
     async def _finish(self, request: Request, dead: list[Any]) -> None:
         keys = [self.keys.inbox(request.bot), self.keys.dead_letters(request.bot)]
@@ -284,10 +399,10 @@ class RedisBotQueue(BotQueue):
 
     # -- workers and the running set -------------------------------------------------------
     async def heartbeat(self, worker: str, ttl: float) -> int:
-        return int(await self.pipe.script(HEARTBEAT, [workers_key(self.keys)], [worker, int(ttl * 1000)]))
+        return int(await self.pipe.script(HEARTBEAT, [self.keys.workers()], [worker, int(ttl * 1000)]))
 
     async def leave(self, worker: str) -> None:
-        await self.pipe.execute("ZREM", workers_key(self.keys), worker)
+        await self.pipe.execute("ZREM", self.keys.workers(), worker)
 
     async def wait_bots_changed(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -319,5 +434,8 @@ class RedisBotQueue(BotQueue):
 
     async def close(self) -> None:
         await self._close_control()
-        with contextlib.suppress(RedisError, OSError):
-            await self._reader.aclose()
+        if self._notices is not None:
+            await self._notices.close()
+        if self._reader is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._reader.aclose()

@@ -47,7 +47,6 @@ def test_secrets_are_left_out_of_repr() -> None:
         ({}, ["--port", "-1"], "--port"),
         ({}, ["--history-max", "0"], "--history-max"),
         ({"CHAT_REDIS_URL": "http://example"}, [], "CHAT_REDIS_URL"),
-        ({"CHAT_REDIS_URL": "redis://127.0.0.1:1/0"}, [], "CHAT_JWT_SECRET"),
         ({"CHAT_JWT_SECRET": "short"}, [], "CHAT_JWT_SECRET"),
         ({"CHAT_COMPRESSION": "maybe"}, [], "CHAT_COMPRESSION"),
         ({"CHAT_LOG_LEVEL": "LOUD"}, [], "CHAT_LOG_LEVEL"),
@@ -58,6 +57,14 @@ def test_bad_settings_raise_naming_the_setting(environ: dict[str, str], argv: li
     with pytest.raises(SettingsError) as error:
         Settings.from_sources(argv, environ)
     assert named in str(error.value)
+
+
+def test_gateway_with_redis_needs_a_token_key_but_worker_does_not() -> None:
+    """A gateway with Redis and no key source is refused; a worker needs no key."""
+    environ = {"CHAT_REDIS_URL": "redis://127.0.0.1:1/0"}
+    with pytest.raises(SettingsError, match="CHAT_JWT_SECRET"):
+        Settings.from_sources([], environ, scope="gateway")
+    assert Settings.from_sources([], environ, scope="worker").redis_url == environ["CHAT_REDIS_URL"]
 
 
 @pytest.mark.parametrize(
