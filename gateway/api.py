@@ -199,8 +199,12 @@ async def post_message(request: web.Request) -> web.Response:
 async def get_messages(request: web.Request) -> web.Response:
     node: Node = request.app[NODE]
     bot = await _bot(request)
+    raw_limit = request.query.get("limit", "50")
     try:
-        limit = int(request.query.get("limit", "50"))
+        # digits only: int() also takes " 5", "+5", "5_0" and the digits of other scripts
+        if not (raw_limit.isascii() and raw_limit.isdigit()):
+            raise ValueError(raw_limit)
+        limit = int(raw_limit)
     except ValueError:
         raise ChatError(ErrorCode.BAD_REQUEST, "limit must be an integer") from None
     if not 1 <= limit <= HISTORY_LIMIT:

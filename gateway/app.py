@@ -18,6 +18,7 @@ from gateway.auth import TokenVerifier
 from gateway.handshake import json_error
 from gateway.metrics import GatewayMetrics
 from gateway.node import Node
+from gateway.openapi import openapi_json
 from gateway.ws import websocket
 from shared.broker import Broker, BrokerUnavailable, make_broker
 from shared.errors import ErrorCode
@@ -71,7 +72,7 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/", index)
-    app.router.add_get("/api/openapi.json", _openapi)
+    app.router.add_get("/api/openapi.json", openapi_json)
     app.router.add_static("/static", str(STATIC), append_version=False)
     app.add_routes(api.routes)
     if settings.dev_login:
@@ -138,12 +139,6 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     metrics.subscriptions.set(request.app[NODE].broker.fanout.subscriptions())
     body = generate_latest(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def _openapi(request: web.Request) -> web.StreamResponse:
-    from gateway.openapi import openapi_json
-
-    return await openapi_json(request)
 
 
 async def index(request: web.Request) -> web.StreamResponse:

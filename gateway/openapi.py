@@ -14,16 +14,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.api import HISTORY_LIMIT, MAX_BODY
 from gateway.appkeys import SETTINGS
 from shared import kinds
 from shared.errors import ErrorCode
 from shared.models import MAX_BOT_NAME, BotStatus
 
 OPENAPI_VERSION = "3.1.0"
-HISTORY_LIMIT = 1000  # gateway.api.HISTORY_LIMIT; not imported so the spec does not load the API module
-MAX_MEMBER_NAME = 128
+MAX_MEMBER_NAME = 128  # gateway.api checks user ids in paths to this length
 ROOM_ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
-MESSAGE_ID_PATTERN = r"^\d{1,15}-\d{1,10}$"
+MESSAGE_ID_PATTERN = r"^[0-9]{1,15}-[0-9]{1,10}$"
 NOT_BLANK = r"\S"  # at least one character that is not white space
 PRINTABLE = r"^[^\x00-\x1f]+$"
 
@@ -115,7 +115,11 @@ _WEBHOOK_CONFIG = {
     "additionalProperties": False,
     "required": ["url"],
     "properties": {
-        "url": {"type": "string", "pattern": r"^https?://[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*(:\d{1,5})?(/[!-~]*)?$"},
+        "url": {
+            "type": "string",
+            "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9\-._~%]+(:[0-9]{1,5})?([/?#][!-~]*)?$",
+            "description": "an http(s) URL with a host",
+        },
         "timeout": {"type": "number", "minimum": 0.1, "maximum": 600, "description": "seconds without a byte"},
         "headers": {"type": "object", "additionalProperties": {"type": "string"}},
     },
@@ -125,15 +129,13 @@ _KIND_CONFIGS = {"echo": _ECHO_CONFIG, "webhook": _WEBHOOK_CONFIG}
 
 def _new_bot(kind: str) -> dict[str, Any]:
     """The request body that creates a bot of one kind; ``echo`` is the default kind."""
+    config = _KIND_CONFIGS.get(kind, {"type": ["object", "null"]})
+    required = ["name"] if kind == "echo" else ["name", "kind"]
     body: dict[str, Any] = {
         "type": "object",
         "title": f"NewBot_{kind}",
-        "required": ["name"] if kind == "echo" else ["name", "kind", "config"],
-        "properties": {
-            "name": _ref("schemas", "BotName"),
-            "kind": {"const": kind},
-            "config": _KIND_CONFIGS.get(kind, {"type": ["object", "null"]}),
-        },
+        "required": required + (["config"] if "required" in config else []),
+        "properties": {"name": _ref("schemas", "BotName"), "kind": {"const": kind}, "config": config},
     }
     if kind in kinds.PRIVILEGED_KINDS:
         body["description"] = "needs the admin role"
@@ -157,7 +159,11 @@ _USER_PARAMETER = {
     "schema": {"type": "string", "minLength": 1, "maxLength": MAX_MEMBER_NAME, "pattern": PRINTABLE},
 }
 
-_AUTHED = {"401": _ref("responses", "Unauthorized"), "500": _ref("responses", "Internal")}
+_AUTHED = {
+    "401": _ref("responses", "Unauthorized"),
+    "429": _ref("responses", "RateLimited"),
+    "500": _ref("responses", "Internal"),
+}
 _UNAVAILABLE = {"503": _ref("responses", "Unavailable")}
 _BOT_ACCESS = {"403": _ref("responses", "Forbidden"), "404": _ref("responses", "NotFound")}
 _BODY_ERRORS = {"400": _ref("responses", "BadRequest"), "413": _ref("responses", "TooLarge")}
@@ -317,6 +323,55 @@ def _api_paths(max_text_length: int) -> dict[str, Any]:
                 ],
             ),
         },
+        "/api/admin/revoke/{user}": {
+            "parameters": [_USER_PARAMETER],
+            "post": _operation(
+                "revokeUser",
+                "Refuse the user's tokens issued until now and disconnect the user on every node (admin only)",
+                {
+                    "204": {"description": "revoked"},
+                    "400": _ref("responses", "BadRequest"),
+                    "403": _error("the caller is not an admin", ErrorCode.FORBIDDEN),
+                },
+            ),
+        },
+    }
+
+
+def _header(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": True, "schema": schema}
+
+
+def _websocket_path() -> dict[str, Any]:
+    """The WebSocket handshake: only its HTTP answers can be described here (frames: docs/protocol.md)."""
+    return {
+        "/ws": {
+            "get": {
+                "operationId": "websocket",
+                "summary": "Open the chat WebSocket (protocol 1); the frames are described in docs/protocol.md",
+                "security": SECURITY,
+                "parameters": [
+                    _header("Connection", {"type": "string", "pattern": "[Uu][Pp][Gg][Rr][Aa][Dd][Ee]"}),
+                    _header("Upgrade", {"type": "string", "const": "websocket"}),
+                    _header("Sec-WebSocket-Version", {"type": "string", "const": "13"}),
+                    _header("Sec-WebSocket-Key", {"type": "string", "pattern": "^[A-Za-z0-9+/]{22}==$"}),
+                ],
+                "responses": {
+                    "101": {"description": "upgraded: the server's first frame is welcome"},
+                    "400": {
+                        "description": "the request is not a WebSocket upgrade",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": _ref("responses", "Unauthorized"),
+                    "403": _error("the browser's Origin is not allowed", ErrorCode.FORBIDDEN),
+                    "429": _error("the user has too many connections on this node", ErrorCode.RATE_LIMITED),
+                    "503": _error(
+                        "the node is shutting down, or storage or the identity provider cannot be reached",
+                        ErrorCode.UNAVAILABLE,
+                    ),
+                },
+            }
+        }
     }
 
 
@@ -441,9 +496,12 @@ def _components() -> dict[str, Any]:
             ),
             "Forbidden": _error("the bot exists but the caller may not use or manage it", ErrorCode.FORBIDDEN),
             "NotFound": _error("there is no such bot", ErrorCode.NOT_FOUND),
-            "TooLarge": _error("the body is over 64 KiB, or the text is too long", ErrorCode.TOO_LARGE),
+            "TooLarge": _error(f"the body is over {MAX_BODY} bytes, or the text is too long", ErrorCode.TOO_LARGE),
             "Unavailable": _error(
                 "storage or the identity provider cannot be reached; retry with backoff", ErrorCode.UNAVAILABLE
+            ),
+            "RateLimited": _error(
+                "the caller sent more requests than CHAT_HTTP_PER_SECOND allows; retry later", ErrorCode.RATE_LIMITED
             ),
             "Internal": _error("an unexpected failure (a bug: please report it)", ErrorCode.INTERNAL),
         },
@@ -465,7 +523,7 @@ def build_spec(max_text_length: int = 4000, dev_login: bool = False) -> dict[str
                 "web server's plain-text 404 / 405."
             ),
         },
-        "paths": {**_api_paths(max_text_length), **_public_paths(dev_login)},
+        "paths": {**_api_paths(max_text_length), **_websocket_path(), **_public_paths(dev_login)},
         "components": _components(),
     }
 

@@ -101,7 +101,8 @@ async def handle_text(node: Node, session: Session, text: str) -> None:
         node.metrics.frames_received.labels(protocol.frame_type(frame)).inc()
         await session.handle(frame)
     except ChatError as exc:
-        ref = getattr(exc, "ref", None) or ref
+        exc_ref = getattr(exc, "ref", None)
+        ref = exc_ref if exc_ref is not None else ref
         session.connection.send(protocol.error_frame(exc.code, exc.message, ref))
     except BrokerUnavailable:
         node.metrics.redis_errors.inc()

@@ -21,8 +21,10 @@ import orjson
 from shared.errors import ErrorCode, ProtocolError
 
 PROTOCOL_VERSION = 1
-ROOM_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-MESSAGE_ID = re.compile(r"^\d{1,15}-\d{1,10}$")
+# \Z, not $: $ also matches before a trailing newline. [0-9], not \d: \d takes any Unicode digit,
+# and such an id reaches the storage (a Redis stream command fails on it).
+ROOM_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\Z")
+MESSAGE_ID = re.compile(r"^[0-9]{1,15}-[0-9]{1,10}\Z")
 MAX_REF_LENGTH = 64
 PACKET_FIELD = b"\x1f"
 PACKET_END = b"\n"

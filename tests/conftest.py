@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
-import jwt
 import pytest
 import redis
 
-from tests.procs import TEST_SECRET, RedisServer
+from tests.nodes import Cluster
+from tests.procs import RedisServer, make_token
 
 _prefixes = itertools.count()
 
@@ -41,12 +41,14 @@ def sync_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
-def make_token(sub: str = "alice", *, secret: str = TEST_SECRET, ttl: float = 3600, **claims) -> str:
-    """An HS256 token for ``sub`` valid for ``ttl`` seconds."""
-    payload = {"sub": sub, "exp": int(time.time() + ttl), **claims}
-    return jwt.encode(payload, secret, algorithm="HS256")
-
-
 @pytest.fixture
 def token():
     return make_token
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def cluster(request: pytest.FixtureRequest, redis_url: str, redis_prefix: str) -> AsyncIterator[Cluster]:
+    """Gateway nodes in this process on the memory broker and on Redis: such tests run on both."""
+    nodes = Cluster(request.param, redis_url, redis_prefix)
+    yield nodes
+    await nodes.close()

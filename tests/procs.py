@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import jwt
+
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_FACTOR = float(os.environ.get("CHAT_TESTS_TIMEOUT_FACTOR", "1"))
 TEST_SECRET = "test-secret-that-is-long-enough-0123456789"
@@ -49,6 +51,12 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
         return True
     return False
+
+
+def make_token(sub: str = "alice", *, secret: str = TEST_SECRET, ttl: float = 3600, **claims) -> str:
+    """An HS256 token for ``sub`` valid for ``ttl`` seconds."""
+    payload = {"sub": sub, "exp": int(time.time() + ttl), **claims}
+    return jwt.encode(payload, secret, algorithm="HS256")
 
 
 class Proc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import make_token
-from tests.gateway.conftest import Cluster
+from tests.nodes import Cluster
 
 
 async def test_revoking_a_user_disconnects_them_everywhere_and_refuses_old_tokens(cluster: Cluster) -> None:

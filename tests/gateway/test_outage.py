@@ -9,7 +9,7 @@ import pytest
 
 from gateway.appkeys import NODE
 from shared import protocol
-from tests.gateway.conftest import Cluster
+from tests.nodes import Cluster
 from tests.procs import RedisServer, scaled
 
 

@@ -10,7 +10,7 @@ import jwt
 import pytest
 
 from tests.conftest import make_token
-from tests.gateway.conftest import Cluster
+from tests.nodes import Cluster
 from tests.procs import scaled
 
 

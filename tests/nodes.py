@@ -1,19 +1,16 @@
-"""Gateway nodes served in this process on the memory or the Redis broker."""
+"""Gateway nodes served in this process on the memory or the Redis broker (the ``cluster`` fixture)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
 from shared.broker.memory import MemoryStore
 from shared.settings import Settings
-from tests.conftest import make_token
-from tests.procs import TEST_SECRET
+from tests.procs import TEST_SECRET, make_token
 from tests.wsclient import ChatSocket
 
 
@@ -75,14 +72,3 @@ class Cluster:
         await self.session.close()
         for server in self.servers:
             await server.close()
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def cluster(request: pytest.FixtureRequest, redis_url: str, redis_prefix: str) -> AsyncIterator[Cluster]:
-    """Gateway nodes on the memory broker and on Redis: every gateway test runs on both."""
-    nodes = Cluster(request.param, redis_url, redis_prefix)
-    yield nodes
-    await nodes.close()
-
-
-ConnectFn = Callable[..., ChatSocket]
