@@ -15,7 +15,6 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 
 class SettingsError(ValueError):
@@ -40,9 +39,10 @@ def _origins(text: str) -> tuple[str, ...]:
 
 
 def _redis_url(text: str) -> str:
-    scheme = urlsplit(text).scheme
-    if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster"):
-        raise ValueError(f"unsupported scheme {scheme!r}")
+    # parsing needs no I/O; imported here because the broker package imports these settings
+    from shared.broker.redis_link import parse_redis_url
+
+    parse_redis_url(text)
     return text
 
 

@@ -101,10 +101,8 @@ def _memory_broker(settings: Settings, store: Any) -> Broker:
 
 
 def _redis_broker(settings: Settings) -> Broker:
-    from redis.exceptions import RedisError
-
     from shared.broker.redis import RedisBotRegistry, RedisFanOut, RedisHistory, RedisPresence, RedisRevocations
-    from shared.broker.redis_link import CommandPipe, connect
+    from shared.broker.redis_link import LINK_ERRORS, CommandPipe, close_client, connect, is_cluster
     from shared.broker.redis_queue import RedisBotQueue
     from shared.keys import Keys
 
@@ -112,26 +110,28 @@ def _redis_broker(settings: Settings) -> Broker:
     client = connect(settings.redis_url)
     pipe = CommandPipe(client)
     keys = Keys(settings.redis_prefix)
-    fanout = RedisFanOut(client, pipe, keys)
+    # on a cluster, room events use sharded pub/sub: each travels only within the room's shard
+    sharded = is_cluster(client)
+    fanout = RedisFanOut(client, pipe, keys, sharded=sharded)
 
     async def ping() -> None:
         try:
             await pipe.execute("PING")
-        except (RedisError, OSError) as exc:
+        except LINK_ERRORS as exc:
             raise BrokerUnavailable(str(exc)) from exc
 
-    async def close_client() -> None:
-        await client.aclose()
+    async def close_connections() -> None:
+        await close_client(client)
 
     return Broker(
         kind="redis",
         fanout=fanout,
-        history=RedisHistory(pipe, keys, settings),
+        history=RedisHistory(pipe, keys, settings, sharded=sharded),
         presence=RedisPresence(pipe, keys, settings),
-        registry=RedisBotRegistry(pipe, keys),
+        registry=RedisBotRegistry(pipe, keys, sharded=sharded),
         revocations=RedisRevocations(pipe, keys),
         queue=RedisBotQueue(client, pipe, keys, settings),
         ping=ping,
-        closers=[close_client, pipe.close, fanout.close],
+        closers=[close_connections, pipe.close, fanout.close],
         pipe=pipe,
     )

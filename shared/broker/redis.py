@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from shared import protocol
 from shared.broker.base import Appended, BrokerUnavailable, EventHandler, HistoryPage, PresenceChange
-from shared.broker.redis_link import CommandPipe, Script
+from shared.broker.redis_link import Client, CommandPipe, Script
+from shared.broker.redis_pubsub import Subscriber
 from shared.keys import Keys
 from shared.models import Bot, BotStatus
 from shared.settings import Settings
@@ -26,7 +24,6 @@ PRESENCE_JOIN = Script("presence_join")
 PRESENCE_LEAVE = Script("presence_leave")
 SET_STATUS = Script("set_status")
 REPLIED_TTL = 7 * 24 * 3600  # a retried request older than this is unlikely; keep markers a week
-SUBSCRIBE_BATCH = 256
 WANTED_RUNNING = (BotStatus.STARTING.value, BotStatus.RUNNING.value)
 
 
@@ -39,135 +36,54 @@ def _text(value: bytes | str) -> str:
 
 
 class RedisFanOut:
-    """One pub/sub connection per node; one channel per room with local members.
+    """One channel per room with local members, on the node's pub/sub connections.
 
     ``subscribe`` returns once Redis confirmed the subscription, so a caller that reads history
-    afterwards cannot miss an event published in between.
+    afterwards cannot miss an event published in between. With ``sharded`` (Redis Cluster) rooms
+    use SSUBSCRIBE/SPUBLISH, so an event only travels to the primary that owns the room's slot.
     """
 
-    def __init__(self, client: aioredis.Redis, pipe: CommandPipe, keys: Keys, *, sharded: bool = False) -> None:
-        self.client = client
+    def __init__(self, client: Client, pipe: CommandPipe, keys: Keys, *, sharded: bool = False) -> None:
         self.pipe = pipe
         self.keys = keys
-        self.sharded = sharded
         self.publish_command = "SPUBLISH" if sharded else "PUBLISH"
         self.handler: EventHandler | None = None
         self._rooms: dict[bytes, str] = {}  # channel -> room, for every room subscribed or subscribing
-        self._confirmations: dict[bytes, asyncio.Future[None]] = {}
-        self.gap_handler: Callable[[], None] | None = None
-        self._pubsub = _PubSub(client.connection_pool, on_reconnect=self._reconnected)
-        # redis-py's PubSub opens a connection per concurrent first command; only the last is read
-        self._commands = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
-        self.connected = asyncio.Event()
+        self._subscriber = Subscriber(client, self._message, sharded=sharded)
 
     def set_handler(self, handler: EventHandler) -> None:
         self.handler = handler
 
     def set_gap_handler(self, handler: Callable[[], None]) -> None:
-        self.gap_handler = handler
-
-    def _reconnected(self) -> None:
-        # redis-py has resubscribed every channel; events published meanwhile were lost
-        log.warning("pub/sub reconnected; %d rooms may have missed events", len(self._rooms))
-        if self.gap_handler is not None:
-            self.gap_handler()
+        self._subscriber.on_gap = handler
 
     def subscriptions(self) -> int:
         return len(self._rooms)
 
+    def _message(self, channel: bytes, packet: bytes) -> None:
+        room = self._rooms.get(channel)
+        if room is not None and self.handler is not None:
+            self.handler(room, packet)
+
     async def subscribe(self, room: str) -> None:
         channel = self.keys.channel(room).encode()
-        if channel in self._rooms and channel not in self._confirmations:
-            return
         self._rooms[channel] = room
-        confirmation = self._confirmations.get(channel)
-        if confirmation is None:
-            confirmation = self._confirmations[channel] = asyncio.get_running_loop().create_future()
-            try:
-                async with self._commands:
-                    await (self._pubsub.ssubscribe(channel) if self.sharded else self._pubsub.subscribe(channel))
-            except (RedisError, OSError) as exc:
-                self._rooms.pop(channel, None)
-                self._confirmations.pop(channel, None)
-                raise BrokerUnavailable(f"cannot subscribe: {exc}") from exc
-        self._ensure_listener()
-        await asyncio.wait_for(asyncio.shield(confirmation), 10)
+        try:
+            await self._subscriber.subscribe(channel)
+        except BrokerUnavailable:
+            self._rooms.pop(channel, None)
+            raise
 
     async def unsubscribe(self, room: str) -> None:
         channel = self.keys.channel(room).encode()
-        if self._rooms.pop(channel, None) is None:
-            return
-        pending = self._confirmations.pop(channel, None)
-        if pending is not None and not pending.done():
-            pending.set_result(None)  # a subscribe() still waiting returns; cancelling would cancel its caller
-        with contextlib.suppress(RedisError, OSError):
-            async with self._commands:
-                await (self._pubsub.sunsubscribe(channel) if self.sharded else self._pubsub.unsubscribe(channel))
+        if self._rooms.pop(channel, None) is not None:
+            await self._subscriber.unsubscribe(channel)
 
     async def publish(self, room: str, packet: bytes) -> None:
         await self.pipe.call(self.publish_command, self.keys.channel(room), packet)
 
-    def _ensure_listener(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._listen(), name="redis-fanout")
-
-    async def _listen(self) -> None:
-        # redis-py resubscribes every tracked channel by itself when the connection comes back
-        backoff = 0.1
-        while True:
-            try:
-                await self._read_forever()
-                return  # no subscriptions left; the next subscribe starts a new listener
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                self.connected.clear()
-                log.warning("pub/sub connection lost, reconnecting in %.1fs: %s", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-
-    async def _read_forever(self) -> None:
-        pubsub = self._pubsub
-        while True:
-            if not pubsub.subscribed:
-                # nothing to read until the next subscribe; the listener is restarted then
-                return
-            message = await pubsub.get_message(timeout=None)
-            if message is None:
-                continue
-            self.connected.set()
-            kind = message["type"]
-            if kind in ("message", "smessage"):
-                room = self._rooms.get(message["channel"])
-                if room is not None and self.handler is not None:
-                    self.handler(room, message["data"])
-            elif kind in ("subscribe", "ssubscribe"):
-                confirmation = self._confirmations.pop(message["channel"], None)
-                if confirmation is not None and not confirmation.done():
-                    confirmation.set_result(None)
-
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        with contextlib.suppress(RedisError, OSError):
-            await self._pubsub.aclose()
-
-
-class _PubSub(aioredis.client.PubSub):
-    """redis-py's PubSub, telling its owner when a lost connection came back (not the first connect)."""
-
-    def __init__(self, pool: Any, *, on_reconnect: Callable[[], None]) -> None:
-        super().__init__(pool)
-        self._on_reconnect = on_reconnect
-        self._connects = 0
-
-    async def on_connect(self, connection: Any) -> None:
-        await super().on_connect(connection)
-        self._connects += 1
-        if self._connects > 1:
-            self._on_reconnect()
+        await self._subscriber.close()
 
 
 class RedisHistory:

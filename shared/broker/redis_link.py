@@ -1,9 +1,14 @@
-"""The connection to Redis: one client per process, one pipelining writer, Lua scripts.
+"""The connection to Redis: the client for a URL, one pipelining writer, Lua scripts.
 
 Every command a node sends in the hot path goes through :class:`CommandPipe`: callers enqueue
 and await a future, and one task sends whatever is queued as one pipeline. That keeps the number
 of connections fixed (redis-py's asyncio pool raises once more than its limit of commands is in
 flight), preserves the order of appends, and turns N round trips into one under load.
+
+Three deployments share this code: one Redis (``redis://``, ``rediss://``, ``unix://``), Redis
+Cluster (``redis+cluster://host:port[,host:port...]``) and Sentinel
+(``redis+sentinel://host:port[,host:port...]/master-name[/db]``). Pub/sub lives in
+:mod:`shared.broker.redis_pubsub`.
 """
 
 from __future__ import annotations
@@ -14,20 +19,162 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection, SSLConnection
+from redis.asyncio.connection import parse_url as parse_plain_url
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from shared.broker.base import BrokerUnavailable
+from shared.settings import SettingsError
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 512
+CONNECT_TIMEOUT = 5.0
+SENTINEL_TIMEOUT = 2.0  # a sentinel that does not answer in time is skipped for the next one
+SCHEMES = {
+    "redis": "single",
+    "rediss": "single",
+    "unix": "single",
+    "redis+cluster": "cluster",
+    "rediss+cluster": "cluster",
+    "redis+sentinel": "sentinel",
+    "rediss+sentinel": "sentinel",
+}
+DEFAULT_PORTS = {"single": 6379, "cluster": 6379, "sentinel": 26379}
+
+Client = aioredis.Redis | RedisCluster
+# what a lost or refusing Redis raises; redis-py's cluster routing errors are not RedisErrors
+LINK_ERRORS = (RedisError, RedisClusterException, OSError)
 
 
-def connect(url: str, *, max_connections: int = 32) -> aioredis.Redis:
-    """A client whose pool waits for a free connection instead of raising; ``aclose()`` closes the pool."""
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where Redis is and how to log in, read from a URL without any I/O."""
+
+    kind: str  # "single", "cluster" or "sentinel"
+    url: str = field(repr=False)  # as given: redis-py reads single-server URLs itself
+    nodes: tuple[tuple[str, int], ...] = ()  # cluster seed nodes, or the sentinels
+    service: str = ""  # the master's name in Sentinel
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+
+    def connection_options(self) -> dict[str, Any]:
+        """Options of a connection to one Redis server of this deployment (not to a sentinel)."""
+        return {
+            "username": self.username,
+            "password": self.password,
+            "socket_keepalive": True,
+            "socket_connect_timeout": CONNECT_TIMEOUT,
+            "health_check_interval": 15,
+        }
+
+    def node_pool(self, host: str, port: int) -> aioredis.ConnectionPool:
+        """A pool of connections to one cluster node, for the pub/sub connections held open to it."""
+        connection_class = SSLConnection if self.tls else Connection
+        return aioredis.ConnectionPool(
+            host=host, port=port, connection_class=connection_class, **self.connection_options()
+        )
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int]:
+    if text.startswith("["):  # [::1]:7000
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    else:
+        host, _, port_text = text.rpartition(":") if ":" in text else (text, "", "")
+    if not host:
+        raise ValueError(f"no host in {text!r}")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"bad port in {text!r}")
+    return host, int(port_text)
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """Read a Redis URL; raises ValueError saying what is wrong with it. Does no I/O."""
+    parts = urlsplit(url)
+    kind = SCHEMES.get(parts.scheme)
+    if kind is None:
+        raise ValueError(f"unsupported scheme {parts.scheme!r}: expected one of {', '.join(SCHEMES)}")
+    if kind == "single":
+        parse_plain_url(url)  # raises ValueError for a bad port or option
+        if parts.scheme != "unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
+            raise ValueError(f"the path must be a database number, not {parts.path!r}")
+        return RedisTarget(kind, url)
+    if parts.query or parts.fragment:
+        raise ValueError("query options are not supported in cluster and sentinel URLs")
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = credentials.partition(":")
+    nodes = tuple(_host_port(h.strip(), DEFAULT_PORTS[kind]) for h in hosts.split(",") if h.strip())
+    if not nodes:
+        raise ValueError("no host given")
+    path = [unquote(p) for p in parts.path.split("/") if p]
+    service, db = "", 0
+    if kind == "cluster" and path not in ([], ["0"]):
+        raise ValueError("Redis Cluster has only database 0")
+    if kind == "sentinel":
+        if not 1 <= len(path) <= 2:
+            raise ValueError("expected redis+sentinel://host:port[,host:port...]/master-name[/db]")
+        service = path[0]
+        if len(path) == 2:
+            if not path[1].isdigit():
+                raise ValueError(f"the database must be a number, not {path[1]!r}")
+            db = int(path[1])
+    return RedisTarget(
+        kind,
+        url,
+        nodes,
+        service,
+        db,
+        unquote(username) or None,
+        unquote(password) or None,
+        parts.scheme.startswith("rediss"),
+    )
+
+
+class ClusterClient(RedisCluster):
+    """A cluster client that remembers its URL, so pub/sub can open connections to each primary."""
+
+    target: RedisTarget
+
+
+def connect(url: str, *, max_connections: int = 32) -> Client:
+    """The client for ``url``: one server, a cluster, or the master that Sentinel names.
+
+    Raises SettingsError for a URL that cannot work; connects lazily, so no I/O happens here.
+    Close it with :func:`close_client`.
+    """
+    try:
+        target = parse_redis_url(url)
+    except ValueError as exc:
+        raise SettingsError("CHAT_REDIS_URL", str(exc)) from None
+    if target.kind == "cluster":
+        client = ClusterClient(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+            ssl=target.tls,
+            max_connections=max_connections,
+            **target.connection_options(),
+        )
+        client.target = target
+        return client
+    if target.kind == "sentinel":
+        sentinel_options = {"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT}
+        if target.tls:
+            sentinel_options["ssl"] = True
+        sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_options)
+        # the pool asks the sentinels for the master's address on every new connection, so
+        # commands and pub/sub follow a failover once their old connection is dropped
+        return sentinel.master_for(target.service, db=target.db, ssl=target.tls, **target.connection_options())
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=10, health_check_interval=15, socket_keepalive=True
     )
@@ -35,8 +182,22 @@ def connect(url: str, *, max_connections: int = 32) -> aioredis.Redis:
     return aioredis.Redis.from_pool(pool)
 
 
+def is_cluster(client: Client) -> bool:
+    """True for a Redis Cluster client: multi-key commands must then stay within one slot."""
+    return isinstance(client, RedisCluster)
+
+
+async def close_client(client: Client) -> None:
+    """Close the client's connections, and for Sentinel the connections to the sentinels too."""
+    pool = getattr(client, "connection_pool", None)
+    await client.aclose()
+    if isinstance(pool, SentinelConnectionPool):
+        for sentinel in pool.sentinel_manager.sentinels:
+            await sentinel.aclose()
+
+
 class Script:
-    """A Lua script from ``shared/broker/lua`` run by SHA, loaded again after a Redis restart."""
+    """A Lua script from ``shared/broker/lua`` run by SHA, sent in full when a server lacks it."""
 
     def __init__(self, name: str) -> None:
         self.source = resources.files("shared.broker").joinpath("lua", f"{name}.lua").read_text()
@@ -44,9 +205,13 @@ class Script:
 
 
 class CommandPipe:
-    """One writer task that sends every queued command in one pipeline per round trip."""
+    """One writer task that sends every queued command in one pipeline per round trip.
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    On a cluster the pipeline is split by node and each command goes to the node owning its
+    keys; commands of one call never span slots (every key of a room shares its hash tag).
+    """
+
+    def __init__(self, client: Client) -> None:
         self.client = client
         self._queue: deque[tuple[tuple[Any, ...], asyncio.Future[Any]]] = deque()
         self._wake = asyncio.Event()
@@ -81,12 +246,14 @@ class CommandPipe:
         return await self.call(*args)
 
     async def script(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        """Run a Lua script, loading it first when Redis does not know it (e.g. after a restart)."""
+        """Run a Lua script; a server that does not know it (restarted, or another cluster node) gets the source.
+
+        EVAL goes to the same node as the EVALSHA (it has the same keys) and caches the script there.
+        """
         try:
             return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:
-            await self.call("SCRIPT", "LOAD", script.source)
-            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self.call("EVAL", script.source, len(keys), *keys, *args)
 
     async def _run(self) -> None:
         while True:
@@ -103,7 +270,7 @@ class CommandPipe:
         started = time.perf_counter()
         try:
             replies = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
+        except LINK_ERRORS as exc:
             log.warning("redis pipeline failed: %s", exc)
             self._observe(started, len(batch), len(batch))
             error = BrokerUnavailable(f"Redis is unreachable: {exc}")

@@ -32,7 +32,8 @@ from shared.broker.queue import (
     decode_request,
     id_key,
 )
-from shared.broker.redis_link import Client, CommandPipe, Script, Subscriber, is_cluster
+from shared.broker.redis_link import Client, CommandPipe, Script, is_cluster
+from shared.broker.redis_pubsub import Subscriber
 from shared.keys import Keys
 from shared.settings import Settings
 
@@ -250,6 +251,7 @@ class RedisBotQueue(BotQueue):
         except (RedisError, OSError) as exc:
             self._reader_id = None
             # a held connection reconnects to its old address; one from the pool asks Sentinel for the master
+            assert not isinstance(self.client, RedisCluster)  # a cluster reads on notice, never here
             reader, self._reader = self._reader, self.client.client()
             with contextlib.suppress(RedisError, OSError):
                 await reader.aclose()
@@ -268,13 +270,18 @@ class RedisBotQueue(BotQueue):
         by_key = {self.keys.inbox(bot): bot for bot in bots}
         await self._notices.watch(by_key)
         self._notices.arm()
-        due = self._notices.take(by_key)
-        if not due and block > 0 and not self._woken:
+        requests = await self._read_inboxes(consumer, self._notices.take(by_key), by_key)
+        if not requests and block > 0 and not self._woken:
             await self._notices.wait(block)
-            due = self._notices.take(by_key)
+            requests = await self._read_inboxes(consumer, self._notices.take(by_key), by_key)
         self._woken = False
+        return requests
+
+    async def _read_inboxes(self, consumer: str, inboxes: list[str], by_key: dict[str, str]) -> list[Request]:
+        """One request from each of ``inboxes`` without blocking: one pipelined XREADGROUP per inbox."""
+        assert self._notices is not None
         calls = [
-            self.pipe.call("XREADGROUP", "GROUP", self.group, consumer, "COUNT", 1, "STREAMS", k, ">") for k in due
+            self.pipe.call("XREADGROUP", "GROUP", self.group, consumer, "COUNT", 1, "STREAMS", k, ">") for k in inboxes
         ]
         replies = await asyncio.gather(*calls, return_exceptions=True)
         requests = []
@@ -284,7 +291,7 @@ class RedisBotQueue(BotQueue):
             if isinstance(reply, BaseException):
                 raise reply
             for key, entries in _streams(reply):
-                self._notices.again(_text(key))
+                self._notices.again(_text(key))  # it had one; more may wait
                 bot = by_key[_text(key)]
                 requests += [decode_request(bot, _text(eid), _fields(fields), 1) for eid, fields in entries]
         return requests

@@ -29,6 +29,11 @@ end
 local queued = 0
 if ARGV[5] == '1' then
   redis.call('XADD', KEYS[2], '*', 'm', id, 'f', frame)
+  if ARGV[9] == 'SPUBLISH' then
+    -- on a cluster workers cannot block on inboxes in many slots at once: they listen for this notice,
+    -- sent on a shard channel named like the inbox key (same slot)
+    redis.call('SPUBLISH', KEYS[2], '')
+  end
   if redis.call('HGET', KEYS[3], 'status') ~= 'running' then
     queued = 1
     redis.call(ARGV[9], ARGV[1], '\31\n{"type":"status","room":' .. ARGV[8] .. ',"message_id":"' .. id ..

@@ -1,0 +1,287 @@
+"""Pub/sub connections to Redis: one for a single server or Sentinel, one per primary on a cluster.
+
+:class:`Subscriber` keeps each channel on the connection that can serve it, moves channels when a
+cluster slot moves or a link comes back, and reports every such gap so the gateway can refill its
+rooms from history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import AskError, MovedError, RedisClusterException, RedisError, ResponseError
+
+from shared.broker.base import BrokerUnavailable
+from shared.broker.redis_link import LINK_ERRORS, Client, RedisTarget
+
+log = logging.getLogger(__name__)
+CONFIRM_TIMEOUT = 10.0
+MessageHandler = Callable[[bytes, bytes], None]
+"""Called with (channel, data) for every message of a subscribed channel; must not block."""
+
+
+class _PubSub(aioredis.client.PubSub):
+    """redis-py's PubSub that reports reconnections and resubscribes shard channels slot by slot."""
+
+    def __init__(self, pool: Any, *, on_reconnect: Callable[[], None]) -> None:
+        super().__init__(pool)
+        self._on_reconnect = on_reconnect
+        self._had_connection = False  # on_connect of the first connection is no reconnection
+
+    async def connect(self) -> None:
+        await super().connect()
+        self._had_connection = True
+
+    async def on_connect(self, connection: Any) -> None:
+        await super().on_connect(connection)  # resubscribes every channel still tracked
+        if self._had_connection:
+            self._on_reconnect()
+
+    async def _resubscribe_shard_channels(self) -> None:
+        # a node refuses one SSUBSCRIBE whose channels span slots (CROSSSLOT)
+        by_slot: dict[int, list[Any]] = defaultdict(list)
+        for channel in self.shard_channels:
+            by_slot[key_slot(self.encoder.encode(channel))].append(channel)
+        for channels in by_slot.values():
+            await self.execute_command("SSUBSCRIBE", *channels)
+
+
+class _Link:
+    """One pub/sub connection and the task that reads it."""
+
+    def __init__(self, name: str, pool: Any, owner: Subscriber, *, owns_pool: bool) -> None:
+        self.name = name  # the cluster node's "host:port", or "" for the only connection
+        self.pool = pool
+        self.owner = owner
+        self.owns_pool = owns_pool  # a pool made for this node, closed with the link
+        self.pubsub = _PubSub(pool, on_reconnect=owner.reconnected)
+        # redis-py's PubSub opens a connection per concurrent first command; only the last is read
+        self._commands = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    def channels(self) -> dict[Any, Any]:
+        """The channels redis-py tracks on this connection (and subscribes again after a reconnect)."""
+        return self.pubsub.shard_channels if self.owner.sharded else self.pubsub.channels
+
+    async def subscribe(self, channel: bytes) -> None:
+        async with self._commands:
+            if self.owner.sharded:
+                await self.pubsub.ssubscribe(channel)
+            else:
+                await self.pubsub.subscribe(channel)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._read(), name=f"redis-pubsub {self.name}")
+
+    async def unsubscribe(self, channel: bytes) -> None:
+        async with self._commands:
+            if self.owner.sharded:
+                await self.pubsub.sunsubscribe(channel)
+            else:
+                await self.pubsub.unsubscribe(channel)
+
+    def forget(self, channel: bytes) -> None:
+        """Stop tracking a channel the server no longer holds for us (its slot moved, or the node died)."""
+        self.channels().pop(channel, None)
+
+    async def _read(self) -> None:
+        backoff = 0.1
+        while self.pubsub.subscribed:  # with nothing left to read, the next subscribe starts a new reader
+            try:
+                message = await self.pubsub.get_message(timeout=None)
+            except (MovedError, AskError) as exc:
+                # a subscription reached a node that no longer owns the channel's slot
+                log.info("pub/sub channel moved (%s); reading the cluster's slots again", exc)
+                self.owner.trouble()
+                continue
+            except ResponseError as exc:
+                log.warning("pub/sub command refused by %s: %s", self.name or "redis", exc)
+                continue
+            except (RedisError, OSError) as exc:
+                log.warning("pub/sub connection %s lost, reconnecting in %.1fs: %s", self.name, backoff, exc)
+                self.owner.trouble()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            if message is not None:
+                self._dispatch(message)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind, channel = message["type"], message["channel"]
+        if kind in ("message", "smessage"):
+            self.owner.on_message(channel, message["data"])
+        elif kind in ("subscribe", "ssubscribe"):
+            self.owner.confirmed(channel)
+        elif kind == "sunsubscribe" and channel in self.pubsub.shard_channels:
+            # not asked for: the node gave the channel's slot away (resharding or failover)
+            self.forget(channel)
+            self.owner.trouble()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        with contextlib.suppress(RedisError, OSError):
+            await self.pubsub.aclose()
+        if self.owns_pool:
+            await self.pool.aclose()
+
+
+class Subscriber:
+    """Channels with confirmed subscriptions, spread over pub/sub connections.
+
+    One connection for a single server or Sentinel (whose pool reconnects to whichever server is
+    the master then); on a cluster one per primary, each channel held on the primary that owns
+    its slot. When a connection comes back, or channels had to move to another primary, events
+    may have been missed: ``on_gap`` is called so the owner can fill in from history.
+    """
+
+    def __init__(self, client: Client, on_message: MessageHandler, *, sharded: bool = False) -> None:
+        self.client = client
+        self.on_message = on_message
+        self.sharded = sharded  # SSUBSCRIBE instead of SUBSCRIBE
+        self.on_gap: Callable[[], None] | None = None
+        self._wanted: set[bytes] = set()  # every channel subscribed or subscribing
+        self._where: dict[bytes, str] = {}  # channel -> name of the link that holds it
+        self._links: dict[str, _Link] = {}
+        self._confirmations: dict[bytes, asyncio.Future[None]] = {}
+        self._rebalance_task: asyncio.Task[None] | None = None
+        self._again = False  # more trouble was reported while a rebalance ran
+
+    def count(self) -> int:
+        return len(self._wanted)
+
+    async def subscribe(self, channel: bytes) -> None:
+        """Return once Redis confirmed the subscription; raises BrokerUnavailable or TimeoutError."""
+        if channel in self._wanted and channel not in self._confirmations:
+            return
+        self._wanted.add(channel)
+        confirmation = self._confirmations.get(channel)
+        if confirmation is None:
+            confirmation = self._confirmations[channel] = asyncio.get_running_loop().create_future()
+            try:
+                link = await self._owner(channel)
+                self._where[channel] = link.name
+                await link.subscribe(channel)
+            except LINK_ERRORS as exc:
+                self._wanted.discard(channel)
+                self._where.pop(channel, None)
+                self._confirmations.pop(channel, None)
+                raise BrokerUnavailable(f"cannot subscribe: {exc}") from exc
+        await asyncio.wait_for(asyncio.shield(confirmation), CONFIRM_TIMEOUT)
+
+    async def unsubscribe(self, channel: bytes) -> None:
+        if channel not in self._wanted:
+            return
+        self._wanted.discard(channel)
+        pending = self._confirmations.pop(channel, None)
+        if pending is not None and not pending.done():
+            pending.set_result(None)  # a subscribe() still waiting returns; cancelling would cancel its caller
+        link = self._links.get(self._where.pop(channel, ""))
+        if link is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await link.unsubscribe(channel)
+
+    # -- called by the links --------------------------------------------------------------
+    def confirmed(self, channel: bytes) -> None:
+        confirmation = self._confirmations.pop(channel, None)
+        if confirmation is not None and not confirmation.done():
+            confirmation.set_result(None)
+
+    def reconnected(self) -> None:
+        # redis-py has resubscribed the connection's channels; events published meanwhile were lost
+        log.warning("pub/sub reconnected; %d channels may have missed events", len(self._wanted))
+        self._gap()
+
+    def trouble(self) -> None:
+        """A connection failed or a channel moved: on a cluster, read the slots again and move channels."""
+        if not isinstance(self.client, RedisCluster):
+            return  # one connection, which reconnects by itself
+        if self._rebalance_task is not None and not self._rebalance_task.done():
+            self._again = True
+            return
+        self._rebalance_task = asyncio.get_running_loop().create_task(self._rebalance(), name="redis-pubsub-slots")
+
+    def _gap(self) -> None:
+        if self.on_gap is not None:
+            self.on_gap()
+
+    # -- routing ----------------------------------------------------------------------------
+    def _link(self, name: str, make_pool: Callable[[], Any], *, owns_pool: bool) -> _Link:
+        link = self._links.get(name)
+        if link is None:
+            link = self._links[name] = _Link(name, make_pool(), self, owns_pool=owns_pool)
+        return link
+
+    def _cluster_link(self, node: ClusterNode) -> _Link:
+        target: RedisTarget = getattr(self.client, "target")  # noqa: B009 (set by connect())
+        return self._link(node.name, lambda: target.node_pool(node.host, node.port), owns_pool=True)
+
+    async def _owner(self, channel: bytes) -> _Link:
+        """The link of the server that serves ``channel``."""
+        if not isinstance(self.client, RedisCluster):
+            return self._link("", lambda: self.client.connection_pool, owns_pool=False)
+        await self.client.initialize()
+        return self._cluster_link(self.client.get_node_from_key(channel))
+
+    async def _rebalance(self) -> None:
+        while True:
+            self._again = False
+            assert isinstance(self.client, RedisCluster)
+            try:
+                await self.client.nodes_manager.initialize()
+            except LINK_ERRORS as exc:
+                # the links keep retrying and report trouble again, which brings us back here
+                log.warning("cannot read the cluster's slots: %s", exc)
+                return
+            if await self._move_channels():
+                log.warning("pub/sub channels moved to other cluster nodes; filling in from history")
+                self._gap()
+            if not self._again:
+                return
+
+    async def _move_channels(self) -> bool:
+        """Hold every wanted channel on the primary that owns it now; True if any channel moved."""
+        assert isinstance(self.client, RedisCluster)
+        moved = failed = False
+        for channel in list(self._wanted):
+            try:
+                link = self._cluster_link(self.client.get_node_from_key(channel))
+            except RedisClusterException:
+                continue  # the slot is not served right now; a later pass moves it
+            moved |= self._where.get(channel, link.name) != link.name
+            self._where[channel] = link.name
+            if channel not in link.channels():
+                try:
+                    await link.subscribe(channel)
+                except (RedisError, OSError) as exc:
+                    log.warning("cannot subscribe on %s: %s", link.name, exc)
+                    failed = True
+        primaries = {node.name for node in self.client.get_primaries()}
+        for link in list(self._links.values()):
+            for channel in list(link.channels()):
+                if self._where.get(channel) == link.name:
+                    continue
+                link.forget(channel)  # moved away: the old node dropped it, or is gone
+            if not link.channels() and link.name not in primaries:
+                await self._links.pop(link.name).close()
+        if failed:
+            await asyncio.sleep(1.0)  # then one more pass
+            self._again = True
+        return moved
+
+    async def close(self) -> None:
+        if self._rebalance_task is not None:
+            self._rebalance_task.cancel()
+            await asyncio.gather(self._rebalance_task, return_exceptions=True)
+        for link in list(self._links.values()):
+            await link.close()
+        self._links.clear()
