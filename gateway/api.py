@@ -16,7 +16,7 @@ from gateway.handshake import authenticate, json_error
 from gateway.node import Node, user_ref
 from gateway.session import change_bot_state
 from shared import kinds, protocol
-from shared.broker import BrokerUnavailable
+from shared.broker import BrokerUnavailable, InboxFull
 from shared.errors import ChatError, ErrorCode
 from shared.models import MAX_BOT_NAME, Bot
 
@@ -190,7 +190,10 @@ async def post_message(request: web.Request) -> web.Response:
     if len(text) > node.settings.max_text_length:
         raise ChatError(ErrorCode.TOO_LARGE, f"text is longer than {node.settings.max_text_length} characters")
     tail = protocol.message_tail(bot.id, user_ref(request[PRINCIPAL]), text)
-    appended = await node.broker.history.append(bot.id, tail, request=True)
+    try:
+        appended = await node.broker.history.append(bot.id, tail, request=True)
+    except InboxFull:
+        raise ChatError(ErrorCode.RATE_LIMITED, "the bot has too many messages waiting; try later") from None
     node.metrics.messages_published.inc()
     return ok({"id": appended.id, "ts": appended.ts}, 202)
 

@@ -16,7 +16,7 @@ from gateway.connection import Connection
 from gateway.handshake import verify_unrevoked
 from gateway.node import Node, user_ref
 from shared import protocol
-from shared.broker import BrokerUnavailable
+from shared.broker import BrokerUnavailable, InboxFull
 from shared.errors import ChatError, CloseCode, ErrorCode
 from shared.models import Bot, BotStatus
 from shared.protocol import Auth, BotCommand, ClientFrame, Join, Leave, Ping, SendMessage, Typing
@@ -144,6 +144,8 @@ class Session:
         except (BrokerUnavailable, OSError) as exc:
             self.node.metrics.redis_errors.inc()
             raise ChatError(ErrorCode.UNAVAILABLE, "the message was not stored; send it again") from exc
+        except InboxFull:
+            raise ChatError(ErrorCode.RATE_LIMITED, "the bot has too many messages waiting; try later") from None
         self.node.metrics.messages_published.inc()
         self.reply({"type": "ack", "id": appended.id, "ts": appended.ts}, frame.ref)
 
@@ -179,15 +181,22 @@ class Session:
         self.reply({"type": "auth_ok", "exp": int(principal.exp)}, frame.ref)
 
 
+WANTED = (BotStatus.STARTING, BotStatus.RUNNING)
+
+
 async def change_bot_state(node: Node, bot: Bot, action: str) -> Bot:
     """Ask workers to start or stop a bot; shared by the WebSocket command and the HTTP API."""
     registry = node.broker.registry
-    if action == "start" and bot.status not in (BotStatus.RUNNING, BotStatus.STARTING):
-        return await registry.set_status(bot.id, BotStatus.STARTING) or bot
-    if action == "stop" and bot.status in (BotStatus.RUNNING, BotStatus.STARTING, BotStatus.ERROR):
-        target = BotStatus.STOPPING if bot.status is not BotStatus.ERROR else BotStatus.STOPPED
-        return await registry.set_status(bot.id, target) or bot
-    return bot
+    if action == "start" and bot.status not in WANTED:
+        changed = await registry.set_status(bot.id, BotStatus.STARTING, expect=(bot.status,))
+    elif action == "stop" and bot.status in WANTED:
+        changed = await registry.set_status(bot.id, BotStatus.STOPPING, expect=WANTED)
+    elif action == "stop" and bot.status is BotStatus.ERROR:
+        changed = await registry.set_status(bot.id, BotStatus.STOPPED, expect=(BotStatus.ERROR,))
+    else:
+        return bot
+    # None: someone else changed the status first; answer with what it is now
+    return changed or await registry.get(bot.id) or bot
 
 
 def schedule_expiry(node: Node, connection: Connection) -> None:

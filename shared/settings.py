@@ -139,6 +139,10 @@ class Settings:
             "--history-max-age", "CHAT_HISTORY_MAX_AGE", float, "seconds a message is kept; 0 = no age limit", minimum=0
         ),
     )
+    inbox_max: int = _opt(
+        10_000,
+        Option("--inbox-max", "CHAT_INBOX_MAX", int, "requests a bot may have waiting; more are refused", minimum=1),
+    )
     replay_max: int = _opt(
         1000,
         Option("--replay-max", "CHAT_REPLAY_MAX", int, "most messages replayed on one join with since", "gateway", 1),

@@ -51,7 +51,6 @@ async def serve(settings: Settings) -> None:
     finally:
         if http is not None:
             await http.cleanup()
-        await broker.queue.close()
         await broker.close()
 
 

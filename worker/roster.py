@@ -156,7 +156,8 @@ class Roster:
             await self.queue.prune_consumers(bot_id, self.consumer)
         self.served[bot_id] = ServedBot(bot, kind, config, recovering)
         if bot.status is BotStatus.STARTING:
-            await self.registry.set_status(bot_id, BotStatus.RUNNING)
+            # only from starting: a stop that arrived meanwhile must win
+            await self.registry.set_status(bot_id, BotStatus.RUNNING, expect=(BotStatus.STARTING,))
         log.info("serving bot %s (%s)%s", bot_id, bot.kind, ", recovering pending requests" if recovering else "")
         self.on_change()
 

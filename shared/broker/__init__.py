@@ -17,6 +17,7 @@ from shared.broker.base import (
     FanOut,
     History,
     HistoryPage,
+    InboxFull,
     Presence,
     PresenceChange,
     Revocations,
@@ -32,6 +33,7 @@ __all__ = [
     "FanOut",
     "History",
     "HistoryPage",
+    "InboxFull",
     "Presence",
     "PresenceChange",
     "make_broker",
@@ -83,7 +85,10 @@ def _memory_broker(settings: Settings, store: Any) -> Broker:
     async def ping() -> None:
         return None
 
+    queue = MemoryBotQueue(store, settings)
+
     async def close() -> None:
+        await queue.close()
         fanout.close()
 
     return Broker(
@@ -93,7 +98,7 @@ def _memory_broker(settings: Settings, store: Any) -> Broker:
         presence=MemoryPresence(store),
         registry=MemoryBotRegistry(store),
         revocations=MemoryRevocations(store),
-        queue=MemoryBotQueue(store, settings),
+        queue=queue,
         ping=ping,
         closers=[close],
         store=store,
@@ -113,6 +118,7 @@ def _redis_broker(settings: Settings) -> Broker:
     # on a cluster, room events use sharded pub/sub: each travels only within the room's shard
     sharded = is_cluster(client)
     fanout = RedisFanOut(client, pipe, keys, sharded=sharded)
+    queue = RedisBotQueue(client, pipe, keys, settings)
 
     async def ping() -> None:
         try:
@@ -130,8 +136,8 @@ def _redis_broker(settings: Settings) -> Broker:
         presence=RedisPresence(pipe, keys, settings),
         registry=RedisBotRegistry(pipe, keys, sharded=sharded),
         revocations=RedisRevocations(pipe, keys),
-        queue=RedisBotQueue(client, pipe, keys, settings),
+        queue=queue,
         ping=ping,
-        closers=[close_connections, pipe.close, fanout.close],
+        closers=[close_connections, pipe.close, fanout.close, queue.close],
         pipe=pipe,
     )

@@ -8,7 +8,7 @@ append replies; both publish ephemeral events (typing, presence, statuses) that 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +20,10 @@ EventHandler = Callable[[str, bytes], None]
 
 class BrokerUnavailable(Exception):
     """The shared store cannot be reached; the caller tells the client ``unavailable``."""
+
+
+class InboxFull(Exception):
+    """The bot already has as many waiting requests as it may hold; nothing was stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,7 @@ class History(Protocol):
         ``request=True`` also queues it in the bot's inbox and, when the bot is not running,
         publishes ``status queued``. ``reply_to`` makes the append idempotent per request: a
         second reply to the same message returns the first one with ``duplicate=True``.
+        Raises InboxFull, storing nothing, when ``request`` and the bot's inbox is full.
         """
 
     async def read_after(self, room: str, since: str, limit: int) -> HistoryPage:
@@ -117,8 +122,14 @@ class BotRegistry(Protocol):
 
     async def remove_member(self, bot_id: str, user: str) -> None: ...
 
-    async def set_status(self, bot_id: str, status: BotStatus, error: str | None = None) -> Bot | None:
-        """Record the status, tell workers when the wanted state changed, and publish ``bot_status``."""
+    async def set_status(
+        self, bot_id: str, status: BotStatus, error: str | None = None, *, expect: Collection[BotStatus] = ()
+    ) -> Bot | None:
+        """Record the status, tell workers when the wanted state changed, and publish ``bot_status``.
+
+        With ``expect``, only a bot now in one of those statuses changes; otherwise (or when the bot
+        does not exist) nothing happens and None is returned.
+        """
 
     async def running(self) -> set[str]:
         """Bots whose wanted state is running (status starting or running)."""

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from shared import protocol
-from shared.broker.base import Appended, EventHandler, HistoryPage, PresenceChange
+from shared.broker.base import Appended, EventHandler, HistoryPage, InboxFull, PresenceChange
 from shared.models import Bot, BotStatus
 from shared.settings import Settings
 
@@ -113,6 +113,8 @@ class MemoryHistory:
         if reply_to is not None and (room, reply_to) in self.store.replied:
             first = self.store.replied[(room, reply_to)]
             return Appended(first, protocol.message_ts(first), duplicate=True)
+        if request and len(self.store.inbox(room).entries) >= self.store.settings.inbox_max:
+            raise InboxFull(room)
         stream = self.store.history(room)
         message_id = stream.add({"t": tail})
         self._trim(stream)
@@ -246,9 +248,11 @@ class MemoryBotRegistry:
     async def remove_member(self, bot_id: str, user: str) -> None:
         self.store.members[bot_id].discard(user)
 
-    async def set_status(self, bot_id: str, status: BotStatus, error: str | None = None) -> Bot | None:
+    async def set_status(
+        self, bot_id: str, status: BotStatus, error: str | None = None, *, expect: Collection[BotStatus] = ()
+    ) -> Bot | None:
         bot = self.store.bots.get(bot_id)
-        if bot is None:
+        if bot is None or (expect and bot.status not in expect):
             return None
         was_wanted = bot.status in WANTED_RUNNING
         bot = self.store.bots[bot_id] = bot.with_status(status, error)

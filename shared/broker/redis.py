@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import orjson
 
 from shared import protocol
-from shared.broker.base import Appended, BrokerUnavailable, EventHandler, HistoryPage, PresenceChange
+from shared.broker.base import Appended, BrokerUnavailable, EventHandler, HistoryPage, InboxFull, PresenceChange
 from shared.broker.redis_link import Client, CommandPipe, Script
 from shared.broker.redis_pubsub import Subscriber
 from shared.keys import Keys
@@ -106,9 +106,12 @@ class RedisHistory:
             REPLIED_TTL,
             orjson.dumps(room),
             self.publish_command,
+            self.settings.inbox_max,
         ]
         message_id, duplicate, queued = await self.pipe.script(APPEND, keys, args)
         message_id = _text(message_id)
+        if not message_id:
+            raise InboxFull(room)
         return Appended(message_id, protocol.message_ts(message_id), duplicate=bool(duplicate), queued=bool(queued))
 
     @staticmethod
@@ -254,12 +257,15 @@ class RedisBotRegistry:
             self.pipe.call("SREM", self.keys.user_bots(user), bot_id),
         )
 
-    async def set_status(self, bot_id: str, status: BotStatus, error: str | None = None) -> Bot | None:
+    async def set_status(
+        self, bot_id: str, status: BotStatus, error: str | None = None, *, expect: Collection[BotStatus] = ()
+    ) -> Bot | None:
         bot = await self.get(bot_id)
         if bot is None:
             return None
         bot = bot.with_status(status, error)
-        args = [status.value, error or "", self.keys.channel(bot_id), bot.status_frame(now_ms()), self.publish_command]
+        frame = bot.status_frame(now_ms())
+        args = [status.value, error or "", self.keys.channel(bot_id), frame, self.publish_command, ",".join(expect)]
         if not await self.pipe.script(SET_STATUS, [self.keys.bot(bot_id)], args):
             return None
         wanted = "SADD" if status.value in WANTED_RUNNING else "SREM"

@@ -270,8 +270,11 @@ class CommandPipe:
         started = time.perf_counter()
         try:
             replies = await pipe.execute(raise_on_error=False)
-        except LINK_ERRORS as exc:
-            log.warning("redis pipeline failed: %s", exc)
+        except Exception as exc:  # the writer must outlive any failure, or every later caller would hang
+            if isinstance(exc, LINK_ERRORS):
+                log.warning("redis pipeline failed: %s", exc)
+            else:
+                log.exception("redis pipeline failed unexpectedly")
             self._observe(started, len(batch), len(batch))
             error = BrokerUnavailable(f"Redis is unreachable: {exc}")
             for _, future in batch:

@@ -565,3 +565,35 @@ async def test_command_pipe_survives_a_burst(make_nodes: MakeNodes) -> None:
     results = await asyncio.gather(*(node.history.append("burst", tail("burst", str(i))) for i in range(2000)))
     assert len({r.id for r in results}) == 2000
     assert (await node.history.last_id("burst")) == results[-1].id
+
+
+async def test_set_status_with_expect_changes_only_from_those_statuses(make_nodes: MakeNodes) -> None:
+    """set_status(expect=...) leaves a bot in another status untouched and announces nothing."""
+    (node,) = make_nodes(1)
+    await node.registry.create(make_bot("contested"))
+    await node.fanout.subscribe("contested")
+    assert await node.registry.set_status("contested", BotStatus.STOPPING, expect=(BotStatus.RUNNING,)) is None
+    assert (await node.registry.get("contested")).status is BotStatus.STOPPED
+    moved = await node.registry.set_status("contested", BotStatus.STARTING, expect=(BotStatus.STOPPED,))
+    assert moved is not None
+    assert moved.status is BotStatus.STARTING
+    event = await assert_next(node, "contested")
+    assert orjson.loads(event.frame)["status"] == "starting"
+    assert await node.registry.set_status("contested", BotStatus.RUNNING, expect=(BotStatus.STOPPED,)) is None
+    await node.fanout.publish("contested", ephemeral("marker"))
+    await assert_next(node, "contested", protocol.encode({"type": "typing", "text": "marker"}))
+
+
+async def test_full_inbox_refuses_a_request_and_stores_nothing(make_nodes: MakeNodes) -> None:
+    """A request to a bot whose inbox is full raises InboxFull and is neither stored nor published."""
+    from shared.broker import InboxFull
+
+    (node,) = make_nodes(1, inbox_max=2)
+    await node.registry.create(make_bot("swamped"))
+    await node.fanout.subscribe("swamped")
+    kept = [await node.history.append("swamped", tail("swamped", f"m{i}"), request=True) for i in range(2)]
+    with pytest.raises(InboxFull):
+        await node.history.append("swamped", tail("swamped", "one too many"), request=True)
+    assert await node.history.last_id("swamped") == kept[-1].id
+    plain = await node.history.append("swamped", tail("swamped", "a note is not a request"))
+    assert await node.history.last_id("swamped") == plain.id

@@ -123,11 +123,7 @@ class Rig:
             if not worker.stopping.is_set():
                 await worker.stop(drain=0)
         for broker in [*self._extra_brokers, self.broker]:
-            await broker.queue.close()
             await broker.close()
-            client = getattr(broker.queue, "client", None)
-            if client is not None:  # Broker.close leaves the Redis connection pool open
-                await client.connection_pool.aclose()
 
 
 def rig_settings(backend: str, redis_url: str, redis_prefix: str, **overrides: Any) -> Settings:

@@ -2,7 +2,12 @@
 -- KEYS: 1 history stream, 2 bot inbox stream, 3 bot hash, 4 "replied" marker of reply_to
 -- ARGV: 1 channel, 2 frame tail ("room":...}), 3 history max length, 4 max age in ms (0 = none),
 --       5 "1" to queue for the bot, 6 reply_to ("" = none), 7 marker TTL seconds,
---       8 room id as a JSON string, 9 publish command (PUBLISH or SPUBLISH)
+--       8 room id as a JSON string, 9 publish command (PUBLISH or SPUBLISH),
+--       10 most requests a bot's inbox may hold
+-- Returns {id, duplicate, queued}, or {"", 0, 0} when the bot's inbox is full (nothing stored).
+if ARGV[5] == '1' and redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[10]) then
+  return {'', 0, 0}
+end
 if ARGV[6] ~= '' then
   local first = redis.call('GET', KEYS[4])
   if first then
