@@ -16,6 +16,7 @@ if [ $all = 1 ]; then
   command -v chromium >/dev/null || need+=(chromium)
   command -v promtool >/dev/null || need+=(prometheus)
   command -v docker-compose >/dev/null || need+=(docker-compose)
+  command -v shellcheck >/dev/null || need+=(shellcheck)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
