@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import secrets
+import signal
 import sys
 
 from aiohttp import web
@@ -31,29 +34,48 @@ def main(argv: list[str] | None = None) -> None:
     from gateway.auth import mint_token
 
     secret = None
+    banner = None
     if settings.single_process and not (settings.jwt_secret or settings.jwt_public_key or settings.jwks_url):
         # like a notebook server: an ephemeral key and a ready-to-open URL; the token is in the
         # fragment, which browsers never send to the server, so it stays out of access logs
         secret = secrets.token_urlsafe(32)
         token = mint_token(secret, "you", ttl=7 * 24 * 3600, name="you", roles=["admin"])
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-        print(
-            f"\n  Chat is running. Open this URL in a browser:\n\n    http://{host}:{settings.port}/#token={token}\n",
-            flush=True,
+        banner = (
+            f"\n  Chat is running. Open this URL in a browser:\n\n    http://{host}:{settings.port}/#token={token}\n"
         )
     try:
         app = create_app(settings, secret=secret)
     except SettingsError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    web.run_app(
+    asyncio.run(serve(app, settings, banner))
+
+
+async def serve(app: web.Application, settings: Settings, banner: str | None) -> None:
+    """Serve until SIGTERM/SIGINT, then drain while still listening, so readyz answers 503 meanwhile."""
+    from gateway.access_log import AccessLogger
+    from gateway.appkeys import NODE
+
+    runner = web.AppRunner(
         app,
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log=None,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("gateway.access"),
         shutdown_timeout=settings.drain_seconds + 5,
     )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        if banner:
+            print(banner, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await app[NODE].drain()
+    finally:
+        await runner.cleanup()
 
 
 if __name__ == "__main__":

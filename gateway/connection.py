@@ -79,7 +79,7 @@ class Connection:
 
     def write(self, framed: bytes) -> None:
         """Write an already framed event; close the client if it is too far behind."""
-        if self.closing:
+        if self.closing or self.transport.is_closing():
             return
         if self.compress:
             # framed bytes cannot be compressed as they are: strip the header and send the payload
@@ -90,7 +90,7 @@ class Connection:
             self._on_slow(self)
 
     def _send_compressed(self, frame: bytes) -> None:
-        if self.closing:
+        if self.closing or self.transport.is_closing():
             return
         if self.transport.get_write_buffer_size() > self.max_buffer:
             self._on_slow(self)

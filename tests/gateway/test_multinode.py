@@ -104,3 +104,22 @@ async def test_node_unsubscribes_after_last_local_member_leaves(
         await asyncio.to_thread(wait_until, lambda: client.pubsub_numsub(channel)[0][1] == 0, 10, "unsubscribe")
     finally:
         client.close()
+
+
+async def test_access_log_never_prints_tokens(
+    nodes: tuple[GatewayNode, GatewayNode], session: aiohttp.ClientSession
+) -> None:
+    """The access log records WebSocket and API requests with every token redacted."""
+    a, _ = nodes
+    token = make_token("secretive")
+    sock = await ChatSocket.connect(session, a.url, token)
+    async with session.get(f"{a.url}/api/bots", headers={"Authorization": f"Bearer {token}"}) as response:
+        assert response.status == 200
+    async with session.get(f"{a.url}/api/bots?token={token}") as response:
+        assert response.status == 200
+    await sock.close()
+    await asyncio.to_thread(wait_until, lambda: a.log().count('"logger":"gateway.access"') >= 3, 10, "access log lines")
+    log = a.log()
+    assert token not in log
+    assert token.split(".")[2] not in log
+    assert "/ws?token=%5Bredacted%5D" in log or "/ws?token=[redacted]" in log

@@ -1,0 +1,1 @@
+"""Benchmarks of the chat gateway against peer chat servers, all on loopback: ``python -m bench``."""

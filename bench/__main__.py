@@ -1,0 +1,110 @@
+"""``python -m bench``: run the scenarios against each system and write results.json, results.md, results.png.
+
+Every system is started by this runner on loopback (its own redis-server and two nodes), measured in
+the same run by the same load generator, and stopped again. ``--quick`` runs small sizes in well
+under a minute per system, to prove the suite works rather than to measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from bench import report, scenarios
+from bench.loadgen import LoadGen
+from bench.procs import raise_fd_limit
+from bench.systems import SYSTEMS
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, short steps (CI)")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of {', '.join(SYSTEMS)}")
+    parser.add_argument("--scenarios", default=",".join(scenarios.SCENARIOS), help="comma list of scenarios")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the results files")
+    parser.add_argument("--loadgen-procs", type=int, default=2, help="load-generator processes")
+    args = parser.parse_args(argv)
+    for kind, chosen, known in (("system", args.systems, SYSTEMS), ("scenario", args.scenarios, scenarios.SCENARIOS)):
+        unknown = [name for name in chosen.split(",") if name not in known]
+        if unknown:
+            parser.error(f"unknown {kind} {', '.join(unknown)}")
+    return args
+
+
+def log(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def _brief(result: dict[str, Any]) -> str:
+    if "summary" not in result:
+        return str(result.get("error") or result.get("skipped"))
+    s = result["summary"]
+    return (
+        f"{s['deliveries_per_s']} deliveries/s, {s['server_cpu_us_per_delivery']} µs/delivery, "
+        f"p99 {s['p99_ms']} ms, lost {s['lost']}, dup {s['duplicated']}, {s['rss_per_conn_kb']} KB/conn"
+    )
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    # SIGTERM cancels the run like Ctrl-C does, so every server and load generator is stopped on the way out.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)  # type: ignore[union-attr]
+    sizes = scenarios.QUICK if args.quick else scenarios.FULL
+    data: dict[str, Any] = {
+        "meta": {
+            "quick": args.quick,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_before": os.getloadavg()[0],  # other work on the machine skews every figure
+            "fd_limit": raise_fd_limit(),
+            "loadgen_procs": args.loadgen_procs,
+            "sizes": sizes.__dict__,
+        },
+        "systems": {},
+        "results": {},
+    }
+    for name in args.systems.split(","):
+        note = SYSTEMS[name].unavailable()
+        data["systems"][name] = note or "ok"
+        if note:
+            log(f"skipping {name}: {note}")
+    ready = [SYSTEMS[name] for name, status in data["systems"].items() if status == "ok"]
+    loadgens = [LoadGen(number) for number in range(args.loadgen_procs)]
+    try:
+        for scenario in args.scenarios.split(","):
+            for system in ready:
+                log(f"{scenario} on {system.name} ...")
+                result = await scenarios.run(system, scenario, loadgens, sizes)
+                data["results"].setdefault(scenario, {})[system.name] = result
+                log(f"{scenario} on {system.name}: {_brief(result)}")
+    finally:
+        for loadgen in loadgens:
+            loadgen.stop()
+    data["meta"]["load_after"] = os.getloadavg()[0]
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    data = uvloop.run(run(args))
+    for path in report.write(data, args.out):
+        log(f"wrote {path}")
+    failed = [f"{sc}/{sy}" for sc, by in data["results"].items() for sy, r in by.items() if "error" in r]
+    if failed:
+        log(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""The load generator: processes holding many WebSocket clients, driven by the runner over pipes.
+
+Each process runs uvloop and holds a share of the clients. The runner sends it commands (connect,
+begin a step, send at a rate, report, disconnect) and gets one answer per command. Clients count
+what they receive per step (see bench.stats); senders pace their messages on an absolute schedule,
+so a slow server makes the process catch up in bursts rather than quietly send less.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import multiprocessing
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import uvloop
+
+from bench import rawws
+from bench.procs import raise_fd_limit
+from bench.stats import Seen, Tally, count, marker
+from bench.wire import ANSWER, MESSAGE, REPLY, WIRES, Wire
+
+CONNECT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Member:
+    """One client to open: its global index (the sender id in markers), URL and room."""
+
+    index: int
+    url: str
+    room: str
+
+
+@dataclass(eq=False)
+class Client:
+    member: Member
+    ws: rawws.RawWebSocket
+    seen: tuple[Seen, Seen] = field(default_factory=lambda: (Seen(), Seen()))  # messages, replies
+    seq: int = 0
+
+
+class Generator:
+    """The state of one load-generator process."""
+
+    def __init__(self) -> None:
+        self.wire: type[Wire] = Wire
+        self.decoder: Wire = Wire()
+        self.clients: list[Client] = []
+        self.step = 0
+        self.tallies = (Tally(), Tally())  # messages, replies in the current step
+        self.cpu_start = time.process_time()
+        self.disconnected = 0
+        self.frames = 0  # every text frame received in the current step, deliveries or not
+        self.padding = ""
+
+    async def connect(self, wire: str, members: list[Member], concurrency: int, padding: int) -> dict[str, Any]:
+        self.wire = WIRES[wire]
+        # Clients share one decoder: decoding keeps no per-connection state.
+        self.decoder = self.wire()
+        self.padding = "x" * padding
+        gate = asyncio.Semaphore(concurrency)
+        results = await asyncio.gather(*(self._open(m, gate) for m in members), return_exceptions=True)
+        errors = [repr(r) for r in results if isinstance(r, BaseException)]
+        self.clients.extend(r for r in results if isinstance(r, Client))
+        return {"connected": len(members) - len(errors), "errors": errors[:5], "failed": len(errors)}
+
+    async def _open(self, member: Member, gate: asyncio.Semaphore) -> Client:
+        async with gate:
+            ws = await asyncio.wait_for(rawws.connect(member.url), CONNECT_TIMEOUT)
+            try:
+                await asyncio.wait_for(self._handshake(ws, member), CONNECT_TIMEOUT)
+            except BaseException:
+                ws.close()
+                raise
+        client = Client(member, ws)
+        ws.on_close = self._closed
+        ws.deliver_to(functools.partial(self._on_text, client))
+        return client
+
+    async def _handshake(self, ws: rawws.RawWebSocket, member: Member) -> None:
+        wire = self.wire()
+        while not wire.ready():
+            answer = wire.hello_done(await ws.receive())
+            if answer is not None:
+                ws.send(answer)
+        ws.send(wire.join_frame(member.room, 1))
+        while not wire.joined(data := await ws.receive(), member.room, 1):
+            event = wire.decode(data)
+            if event is not None and event[0] == ANSWER:
+                ws.send(event[1])
+
+    def _on_text(self, client: Client, text: str) -> None:
+        self.frames += 1
+        event = self.decoder.decode(text)
+        if event is None:
+            return
+        kind, payload = event
+        if kind == ANSWER:
+            with contextlib.suppress(ConnectionError):
+                client.ws.send(payload)
+        else:
+            count(self.tallies[kind], client.seen[kind], self.step, payload)
+
+    def _closed(self) -> None:
+        self.disconnected += 1
+
+    def begin(self, step: int) -> dict[str, Any]:
+        """Start counting a new step from zero."""
+        self.step = step
+        self.tallies = (Tally(), Tally())
+        self.frames = 0
+        for client in self.clients:
+            client.seen = (Seen(), Seen())
+            client.seq = 0
+        self.cpu_start = time.process_time()
+        return {"ok": True}
+
+    async def send(self, senders: list[int], rate: float, duration: float) -> dict[str, Any]:
+        """Send ``rate`` messages/s for ``duration`` s, round-robin over local clients ``senders``."""
+        wanted = set(senders)
+        chosen = [c for c in self.clients if c.member.index in wanted]
+        total = round(rate * duration) if chosen else 0
+        sent_by_room: dict[str, int] = {}
+        start = time.monotonic()
+        message_frame = self.wire().message_frame
+        for i in range(total):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            client = chosen[i % len(chosen)]
+            text = marker(self.step, client.member.index, client.seq) + self.padding
+            client.seq += 1
+            with contextlib.suppress(ConnectionError):
+                client.ws.send(message_frame(client.member.room, text))
+                sent_by_room[client.member.room] = sent_by_room.get(client.member.room, 0) + 1
+        return {"sent_by_room": sent_by_room, "seconds": time.monotonic() - start}
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "message": self.tallies[MESSAGE],
+            "reply": self.tallies[REPLY],
+            "cpu_s": time.process_time() - self.cpu_start,
+            "disconnected": self.disconnected,
+            "frames": self.frames,
+            "clients": len(self.clients),
+        }
+
+    async def disconnect(self) -> dict[str, Any]:
+        clients, self.clients = self.clients, []
+        for client in clients:
+            client.ws.on_close = None
+            client.ws.close()
+        await asyncio.sleep(0)  # let the transports flush their close frames
+        self.disconnected = 0
+        return {"closed": len(clients)}
+
+
+async def _serve(conn: Connection) -> None:
+    gen = Generator()
+    handlers: dict[str, Callable[..., Any]] = {
+        "connect": gen.connect,
+        "begin": gen.begin,
+        "send": gen.send,
+        "report": gen.report,
+        "disconnect": gen.disconnect,
+    }
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            op, kwargs = await loop.run_in_executor(None, conn.recv)
+            if op == "exit":
+                break
+            try:
+                answer = handlers[op](**kwargs)
+                if asyncio.iscoroutine(answer):
+                    answer = await answer
+            except Exception as exc:
+                answer = {"error": f"{type(exc).__name__}: {exc}"}
+            conn.send(answer)
+    finally:
+        await gen.disconnect()
+        conn.send({"bye": True})
+
+
+def _child(conn: Connection) -> None:
+    raise_fd_limit()
+    uvloop.run(_serve(conn))
+
+
+class LoadGen:
+    """The runner's handle on one load-generator process."""
+
+    def __init__(self, number: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child_end = ctx.Pipe()
+        self.process = ctx.Process(target=_child, args=(child_end,), name=f"bench-loadgen-{number}", daemon=True)
+        self.process.start()
+        child_end.close()
+        self._busy = asyncio.Lock()
+
+    async def call(self, op: str, **kwargs: Any) -> dict[str, Any]:
+        """Run one command in the process and return its answer; raise RuntimeError if it failed."""
+        async with self._busy:
+            answer = await asyncio.to_thread(self._roundtrip, op, kwargs)
+        if "error" in answer:
+            raise RuntimeError(f"loadgen {op}: {answer['error']}")
+        return answer
+
+    def _roundtrip(self, op: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        self._conn.send((op, kwargs))
+        return self._conn.recv()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError, EOFError):
+            self._conn.send(("exit", {}))
+            if self._conn.poll(15):
+                self._conn.recv()
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)

@@ -1,0 +1,1 @@
+"""Peer chat servers the benchmark measures the gateway against."""

@@ -1,0 +1,125 @@
+"""What each system says on the WebSocket, for the load generator: join, send, and read deliveries.
+
+The load generator speaks every protocol over its own minimal WebSocket client (bench.rawws) so that
+the client side stays cheap: the python-socketio client would cost more than the servers it measures. Socket.IO is spoken
+as text Engine.IO v4 / Socket.IO v5: ``0{...}`` open, ``40`` connect, ``42[...]`` events, ``42N[...]``
+/ ``43N[...]`` acknowledgements, ``2`` ping answered with ``3``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import orjson
+
+MESSAGE, REPLY, ANSWER = 0, 1, 2  # what decode() found: a room message, a bot's reply, a frame to send back
+
+
+class WireError(Exception):
+    """The server refused a step of the handshake or a join."""
+
+
+class Wire:
+    """Base protocol: JSON frames with a ``type`` (the bare server's dialect)."""
+
+    name: ClassVar[str] = "bare"
+
+    def hello_done(self, data: str) -> str | None:
+        """Feed a frame received before joining; return a frame to send, or None. Raise WireError on refusal."""
+        return None
+
+    def ready(self) -> bool:
+        """True once the connection may join rooms."""
+        return True
+
+    def join_frame(self, room: str, ref: int) -> str:
+        return orjson.dumps({"type": "join", "room": room, "ref": ref}).decode()
+
+    def joined(self, data: str, room: str, ref: int) -> bool:
+        """True if ``data`` confirms the join of ``room``; raise WireError if it refuses it."""
+        frame = orjson.loads(data)
+        if frame.get("type") == "error":
+            raise WireError(f"join {room}: {frame.get('code')} {frame.get('message')}")
+        return frame.get("type") == "joined" and frame.get("room") == room
+
+    def message_frame(self, room: str, text: str) -> str:
+        return orjson.dumps({"type": "message", "room": room, "text": text}).decode()
+
+    def decode(self, data: str) -> tuple[int, str] | None:
+        """(MESSAGE or REPLY, text) for a delivery, (ANSWER, frame) for a frame to send back, else None."""
+        frame = orjson.loads(data)
+        if frame.get("type") == "message":
+            return MESSAGE, frame["text"]
+        return None
+
+
+class OursWire(Wire):
+    """The gateway's protocol: ``welcome`` first, joins answered by ``joined``, bot replies tagged by ``from``."""
+
+    name: ClassVar[str] = "ours"
+
+    def __init__(self) -> None:
+        self.welcomed = False
+
+    def hello_done(self, data: str) -> str | None:
+        frame = orjson.loads(data)
+        if frame.get("type") == "error":
+            raise WireError(f"handshake: {frame.get('code')} {frame.get('message')}")
+        self.welcomed = self.welcomed or frame.get("type") == "welcome"
+        return None
+
+    def ready(self) -> bool:
+        return self.welcomed
+
+    def decode(self, data: str) -> tuple[int, str] | None:
+        frame = orjson.loads(data)
+        if frame.get("type") != "message":
+            return None
+        sender = frame.get("from") or {}
+        return (REPLY if sender.get("kind") == "bot" else MESSAGE), frame["text"]
+
+
+class SocketIOWire(Wire):
+    """Engine.IO v4 / Socket.IO v5 on the default namespace, text packets only."""
+
+    name: ClassVar[str] = "socketio"
+    path: ClassVar[str] = "/socket.io/?EIO=4&transport=websocket"
+
+    def __init__(self) -> None:
+        self.connected = False
+
+    def hello_done(self, data: str) -> str | None:
+        if data.startswith("0"):  # Engine.IO open: connect to the default namespace
+            return "40"
+        if data.startswith("44"):
+            raise WireError(f"connect refused: {data[2:]}")
+        if data.startswith("40"):
+            self.connected = True
+        elif data == "2":
+            return "3"
+        return None
+
+    def ready(self) -> bool:
+        return self.connected
+
+    def join_frame(self, room: str, ref: int) -> str:
+        return f"42{ref}" + orjson.dumps(["join", room]).decode()
+
+    def joined(self, data: str, room: str, ref: int) -> bool:
+        return data.startswith(f"43{ref}[")
+
+    def message_frame(self, room: str, text: str) -> str:
+        return "42" + orjson.dumps(["message", {"room": room, "text": text}]).decode()
+
+    def decode(self, data: str) -> tuple[int, str] | None:
+        if data.startswith("42["):
+            event = orjson.loads(data[2:])
+            if event[0] == "message":
+                return MESSAGE, event[1]["text"]
+            return None
+        if data == "2":
+            return ANSWER, "3"
+        return None
+
+
+WIRES: dict[str, type[Wire]] = {wire.name: wire for wire in (Wire, OursWire, SocketIOWire)}
