@@ -195,7 +195,10 @@ async def post_message(request: web.Request) -> web.Response:
     except InboxFull:
         raise ChatError(ErrorCode.RATE_LIMITED, "the bot has too many messages waiting; try later") from None
     node.metrics.messages_published.inc()
-    return ok({"id": appended.id, "ts": appended.ts}, 202)
+    answer = {"id": appended.id, "ts": appended.ts}
+    if appended.queued:
+        answer["queued"] = True
+    return ok(answer, 202)
 
 
 @routes.get("/api/bots/{bot}/messages")

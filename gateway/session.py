@@ -147,7 +147,10 @@ class Session:
         except InboxFull:
             raise ChatError(ErrorCode.RATE_LIMITED, "the bot has too many messages waiting; try later") from None
         self.node.metrics.messages_published.inc()
-        self.reply({"type": "ack", "id": appended.id, "ts": appended.ts}, frame.ref)
+        ack = {"type": "ack", "id": appended.id, "ts": appended.ts}
+        if appended.queued:
+            ack["queued"] = True
+        self.reply(ack, frame.ref)
 
     async def typing(self, frame: Typing) -> None:
         await self._require_joined(frame.room)

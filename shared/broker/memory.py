@@ -127,7 +127,8 @@ class MemoryHistory:
             self.store.inbox(room).add({"m": message_id.encode(), "f": frame})
             bot = self.store.bots.get(room)
             queued = bot is None or bot.status is not BotStatus.RUNNING
-            if queued:
+            present = {user for user, _ in self.store.presence[room]}
+            if queued and len(present) <= self.store.settings.presence_limit:
                 status = {"type": "status", "room": room, "message_id": message_id, "state": "queued"}
                 self.store.deliver(room, protocol.pack(protocol.encode(status)))
         return Appended(message_id, protocol.message_ts(message_id), queued=queued)

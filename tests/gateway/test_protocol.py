@@ -161,6 +161,22 @@ async def test_message_to_stopped_bot_is_queued(cluster: Cluster) -> None:
     ack = await alice.request({"type": "message", "room": bot["id"], "text": "later"}, "ack")
     status = await alice.expect("status", message_id=ack["id"])
     assert status == {"type": "status", "room": bot["id"], "message_id": ack["id"], "state": "queued"}
+    assert ack["queued"] is True
+
+
+async def test_big_room_learns_queued_from_the_ack_only(cluster: Cluster) -> None:
+    """Above the presence limit a queued message is announced to its sender's ack, not to the whole room."""
+    url = await cluster.node(presence_limit=1)
+    bot = await cluster.bot(url, "alice", members=("bob",))
+    alice = await cluster.connect(url, "alice")
+    bob = await cluster.connect(url, "bob")
+    await alice.join(bot["id"])
+    await bob.join(bot["id"])
+    ack = await alice.request({"type": "message", "room": bot["id"], "text": "later"}, "ack")
+    assert ack["queued"] is True
+    marker = await alice.request({"type": "message", "room": bot["id"], "text": "marker"}, "ack")
+    await bob.expect("message", id=marker["id"])
+    assert not [f for f in bob.seen + alice.seen if f["type"] == "status"]
 
 
 async def test_sending_without_joining_is_bad_request_or_forbidden(cluster: Cluster) -> None:

@@ -1,9 +1,10 @@
 -- Store a message in the room's history, publish it, and queue it for the bot: one round trip.
--- KEYS: 1 history stream, 2 bot inbox stream, 3 bot hash, 4 "replied" marker of reply_to
+-- KEYS: 1 history stream, 2 bot inbox stream, 3 bot hash, 4 "replied" marker of reply_to,
+--       5 presence users hash
 -- ARGV: 1 channel, 2 frame tail ("room":...}), 3 history max length, 4 max age in ms (0 = none),
 --       5 "1" to queue for the bot, 6 reply_to ("" = none), 7 marker TTL seconds,
 --       8 room id as a JSON string, 9 publish command (PUBLISH or SPUBLISH),
---       10 most requests a bot's inbox may hold
+--       10 most requests a bot's inbox may hold, 11 presence limit
 -- Returns {id, duplicate, queued}, or {"", 0, 0} when the bot's inbox is full (nothing stored).
 if ARGV[5] == '1' and redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[10]) then
   return {'', 0, 0}
@@ -41,8 +42,12 @@ if ARGV[5] == '1' then
   end
   if redis.call('HGET', KEYS[3], 'status') ~= 'running' then
     queued = 1
-    redis.call(ARGV[9], ARGV[1], '\31\n{"type":"status","room":' .. ARGV[8] .. ',"message_id":"' .. id ..
-      '","state":"queued"}')
+    -- like presence, a room-wide "queued" would double the fan-out of a big room: there only the
+    -- sender learns it, from its ack
+    if redis.call('HLEN', KEYS[5]) <= tonumber(ARGV[11]) then
+      redis.call(ARGV[9], ARGV[1], '\31\n{"type":"status","room":' .. ARGV[8] .. ',"message_id":"' .. id ..
+        '","state":"queued"}')
+    end
   end
 end
 return {id, 0, queued}
