@@ -253,10 +253,14 @@ def message_ts(message_id: str) -> int:
     return int(message_id.partition("-")[0])
 
 
-def compose_message(message_id: str, tail: bytes) -> bytes:
-    """The full message frame; must equal what the Redis append script builds."""
+def compose_message(message_id: str, tail: bytes, *, queued: bool = False) -> bytes:
+    """The full message frame; must equal what the Redis append script builds.
+
+    ``queued`` marks the live frame of a request that waits for its bot; history never keeps it.
+    """
     ts = message_id.partition("-")[0]
-    return b"".join((MESSAGE_HEAD, message_id.encode(), b'","ts":', ts.encode(), b",", tail))
+    mark = b'"queued":true,' if queued else b""
+    return b"".join((MESSAGE_HEAD, message_id.encode(), b'","ts":', ts.encode(), b",", mark, tail))
 
 
 def id_newer(a: str, b: str) -> bool:

@@ -148,7 +148,10 @@ function subscribe(client) {
   });
   client.on("joined", onJoined);
   client.on("message", (m) => {
-    if (m.room === view.room) renderMessage(m);
+    if (m.room !== view.room) return;
+    renderMessage(m);
+    // a request that waits for a stopped bot arrives marked, instead of with a separate status frame
+    if (m.queued) onStatus({ room: m.room, message_id: m.id, state: "queued" });
   });
   client.on("delta", onDelta);
   client.on("typing", onTyping);

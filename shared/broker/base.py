@@ -75,8 +75,8 @@ class History(Protocol):
         """Store a message (``tail`` from :func:`shared.protocol.message_tail`) and publish it.
 
         ``request=True`` also queues it in the bot's inbox and, when the bot is not running,
-        returns queued=True and publishes ``status queued`` (only in rooms of at most the presence
-        limit of users: in bigger ones it would double the fan-out). ``reply_to`` makes the append idempotent per request: a
+        returns queued=True and marks the published frame ``"queued": true`` (one frame, not a
+        second ``status`` frame to every member). ``reply_to`` makes the append idempotent per request: a
         second reply to the same message returns the first one with ``duplicate=True``.
         Raises InboxFull, storing nothing, when ``request`` and the bot's inbox is full.
         """

@@ -121,16 +121,12 @@ class MemoryHistory:
         frame = protocol.compose_message(message_id, tail)
         if reply_to is not None:
             self.store.replied[(room, reply_to)] = message_id
-        self.store.deliver(room, protocol.pack(frame, message_id=message_id))
-        queued = False
+        bot = self.store.bots.get(room)
+        queued = request and (bot is None or bot.status is not BotStatus.RUNNING)
+        live = protocol.compose_message(message_id, tail, queued=True) if queued else frame
+        self.store.deliver(room, protocol.pack(live, message_id=message_id))
         if request:
             self.store.inbox(room).add({"m": message_id.encode(), "f": frame})
-            bot = self.store.bots.get(room)
-            queued = bot is None or bot.status is not BotStatus.RUNNING
-            present = {user for user, _ in self.store.presence[room]}
-            if queued and len(present) <= self.store.settings.presence_limit:
-                status = {"type": "status", "room": room, "message_id": message_id, "state": "queued"}
-                self.store.deliver(room, protocol.pack(protocol.encode(status)))
         return Appended(message_id, protocol.message_ts(message_id), queued=queued)
 
     def _trim(self, stream: MemoryStream) -> None:

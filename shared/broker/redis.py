@@ -95,7 +95,7 @@ class RedisHistory:
 
     async def append(self, room: str, tail: bytes, *, request: bool = False, reply_to: str | None = None) -> Appended:
         k = self.keys
-        keys = [k.history(room), k.inbox(room), k.bot(room), k.replied(room, reply_to or "-"), k.presence_users(room)]
+        keys = [k.history(room), k.inbox(room), k.bot(room), k.replied(room, reply_to or "-")]
         args = [
             k.channel(room),
             tail,
@@ -107,7 +107,6 @@ class RedisHistory:
             orjson.dumps(room),
             self.publish_command,
             self.settings.inbox_max,
-            self.settings.presence_limit,
         ]
         message_id, duplicate, queued = await self.pipe.script(APPEND, keys, args)
         message_id = _text(message_id)

@@ -213,17 +213,20 @@ async def test_append_keeps_order_under_concurrency(make_nodes: MakeNodes) -> No
 
 
 async def test_request_to_a_stopped_bot_is_queued(make_nodes: MakeNodes) -> None:
-    """A request to a bot that is not running publishes the message, then ``status queued``."""
+    """A request to a bot that is not running is published once, marked queued; history keeps it unmarked."""
     (node,) = make_nodes(1)
     await node.registry.create(make_bot("sleepy"))
     for room in ("sleepy", "no-such-bot"):
         await node.fanout.subscribe(room)
         result = await node.history.append(room, tail(room, "anyone?"), request=True)
         assert result.queued
-        await assert_next(node, room, protocol.compose_message(result.id, tail(room, "anyone?")))
-        status = {"type": "status", "room": room, "message_id": result.id, "state": "queued"}
-        event = await assert_next(node, room, protocol.encode(status))
-        assert event.message_id == ""
+        live = await assert_next(node, room, protocol.compose_message(result.id, tail(room, "anyone?"), queued=True))
+        assert orjson.loads(live.frame)["queued"] is True
+        assert live.message_id == result.id
+        page = await node.history.read_latest(room, 1)
+        assert page.entries == [(result.id, protocol.compose_message(result.id, tail(room, "anyone?")))]
+        await node.fanout.publish(room, ephemeral("marker"))
+        await assert_next(node, room, protocol.encode({"type": "typing", "text": "marker"}))
 
 
 async def test_request_to_a_running_bot_is_not_announced_as_queued(make_nodes: MakeNodes) -> None:

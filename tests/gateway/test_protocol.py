@@ -153,20 +153,8 @@ async def test_message_ids_follow_history_order(cluster: Cluster) -> None:
 
 
 async def test_message_to_stopped_bot_is_queued(cluster: Cluster) -> None:
-    """A message to a room whose bot is not running is stored, broadcast, and marked queued."""
+    """A message to a room whose bot is not running is stored, broadcast marked queued, and acked as queued."""
     url = await cluster.node()
-    bot = await cluster.bot(url)
-    alice = await cluster.connect(url)
-    await alice.join(bot["id"])
-    ack = await alice.request({"type": "message", "room": bot["id"], "text": "later"}, "ack")
-    status = await alice.expect("status", message_id=ack["id"])
-    assert status == {"type": "status", "room": bot["id"], "message_id": ack["id"], "state": "queued"}
-    assert ack["queued"] is True
-
-
-async def test_big_room_learns_queued_from_the_ack_only(cluster: Cluster) -> None:
-    """Above the presence limit a queued message is announced to its sender's ack, not to the whole room."""
-    url = await cluster.node(presence_limit=1)
     bot = await cluster.bot(url, "alice", members=("bob",))
     alice = await cluster.connect(url, "alice")
     bob = await cluster.connect(url, "bob")
@@ -174,9 +162,14 @@ async def test_big_room_learns_queued_from_the_ack_only(cluster: Cluster) -> Non
     await bob.join(bot["id"])
     ack = await alice.request({"type": "message", "room": bot["id"], "text": "later"}, "ack")
     assert ack["queued"] is True
-    marker = await alice.request({"type": "message", "room": bot["id"], "text": "marker"}, "ack")
-    await bob.expect("message", id=marker["id"])
-    assert not [f for f in bob.seen + alice.seen if f["type"] == "status"]
+    for sock in (alice, bob):
+        assert (await sock.expect("message", id=ack["id"]))["queued"] is True
+    marker = await alice.request({"type": "ping"}, "pong")
+    assert marker["type"] == "pong"
+    assert not [f for f in bob.seen + alice.seen if f["type"] == "status"]  # one frame per member, not two
+    status, history = await cluster.api("GET", f"{url}/api/bots/{bot['id']}/messages", "alice")
+    assert status == 200
+    assert "queued" not in history["messages"][0]
 
 
 async def test_sending_without_joining_is_bad_request_or_forbidden(cluster: Cluster) -> None:

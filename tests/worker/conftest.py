@@ -95,7 +95,9 @@ class Rig:
         return [f for f in self.of(room, "message") if f["from"]["kind"] == "bot"]
 
     def states(self, room: str, message_id: str) -> list[str]:
-        return [f["state"] for f in self.of(room, "status") if f["message_id"] == message_id]
+        """Progress of a request: "queued" when its message arrived marked so, then its status frames."""
+        marked = ["queued" for f in self.of(room, "message") if f["id"] == message_id and f.get("queued")]
+        return marked + [f["state"] for f in self.of(room, "status") if f["message_id"] == message_id]
 
     def status_of(self, room: str) -> list[str]:
         return [f["status"] for f in self.of(room, "bot_status")]

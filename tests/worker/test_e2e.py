@@ -98,7 +98,7 @@ async def test_queued_messages_are_answered_in_order_after_start(cluster: Any, s
     await client.join(bot)
     messages = [await ask(client, bot, f"q{i}") for i in range(3)]
     for message in messages:
-        await client.expect("status", message_id=message, state="queued")
+        await client.expect("message", id=message, queued=True)
     await start_bot(client, bot)
     for message in messages:
         await client.expect("status", message_id=message, state="done", timeout=10)
