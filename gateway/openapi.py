@@ -259,6 +259,7 @@ def _api_paths(max_text_length: int) -> dict[str, Any]:
                             "properties": {
                                 "id": {"type": "string", "pattern": MESSAGE_ID_PATTERN},
                                 "ts": {"type": "integer"},
+                                "queued": {"const": True, "description": "present when the bot is not running"},
                             },
                         },
                         "stored, sent to the room and queued for the bot",
