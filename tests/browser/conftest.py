@@ -1,7 +1,8 @@
-"""Browser fixtures: one single-process gateway with development sign-in, and headless Chromium."""
+"""Browser fixtures: single-process gateways, a two-node cluster behind nginx, and headless Chromium."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.deploy.test_loopback import loopback, read_topology, script_env
 from tests.procs import GatewayNode
 
 async_api = pytest.importorskip("playwright.async_api")
@@ -89,3 +91,35 @@ async def new_tab(browser):
             await tab.page.context.close()
     errors = [e for tab in tabs for e in tab.errors]
     assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A running deploy/loopback.sh topology: nginx in front of gateway nodes, Redis and workers."""
+
+    run_dir: Path
+    lb_url: str
+    secret: str  # the HS256 key every node verifies tokens with
+    gateway_pids: dict[str, int]  # node id (as in `welcome`) -> PID
+
+
+@pytest.fixture
+async def nginx_cluster(tmp_path: Path) -> AsyncIterator[Topology]:
+    """deploy/loopback.sh with two gateway nodes and one worker behind nginx; stopped at the end."""
+    env = script_env()
+    run_dir = tmp_path / "loopback"
+    try:
+        result = await asyncio.to_thread(
+            loopback, "start", "--gateways", "2", "--workers", "1", "--dir", str(run_dir), env=env
+        )
+        assert result.returncode == 0, f"loopback start failed:\n{result.stdout}\n{result.stderr}"
+        topology = read_topology(run_dir)
+        pids = {path.stem: int(path.read_text()) for path in (run_dir / "pids").glob("gateway-*.pid")}
+        yield Topology(
+            run_dir=run_dir,
+            lb_url=topology["LOOPBACK_LB_URL"],
+            secret=topology.get("CHAT_JWT_SECRET", env["CHAT_JWT_SECRET"]),
+            gateway_pids=pids,
+        )
+    finally:
+        await asyncio.to_thread(loopback, "stop", "--dir", str(run_dir), env=env)

@@ -113,7 +113,8 @@ async def test_loopback_serves_websocket_through_nginx(start_loopback):
         assert await exported_metrics(session, topology["LOOPBACK_WORKER_URLS"]) == WORKER_METRICS
         # A browser's Origin must match the Host the gateway sees, so nginx has to pass the port on.
         headers = {"Origin": lb_url}
-        async with session.ws_connect(f"{lb_url}/ws", params={"token": make_token("alice")}, headers=headers) as ws:
+        token = make_token("alice")
+        async with session.ws_connect(f"{lb_url}/ws", params={"token": token}, headers=headers) as ws:
             welcome = await ws.receive_json(timeout=scaled(10))
     assert welcome["type"] == "welcome"
     assert welcome["user"] == "alice"
@@ -125,6 +126,9 @@ async def test_loopback_serves_websocket_through_nginx(start_loopback):
     assert result.returncode == 0, result.stderr
     assert [pid for pid in pids if alive(pid)] == []
     assert recorded_pids(run_dir) == []
+    nginx_log = (run_dir / "logs" / "nginx-access.log").read_text()
+    assert '"GET /ws"' in nginx_log
+    assert token not in nginx_log  # the balancer's log leaves query strings, and with them tokens, out
 
 
 async def test_loopback_prometheus_scrapes_every_node(start_loopback):
