@@ -283,8 +283,8 @@ class CommandPipe:
             return
         failed = 0
         for (_, future), reply in zip(batch, replies, strict=True):
-            if isinstance(reply, Exception):
-                failed += 1
+            if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+                failed += 1  # a script Redis does not know yet is sent again in full: not an error
             if future.done():
                 continue
             if isinstance(reply, Exception):
