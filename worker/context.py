@@ -2,14 +2,19 @@
 
 Status, typing and delta frames are ephemeral: published to the room, never stored. Losing one
 is harmless (the final reply and status are what count), so a failed publish is logged, not raised.
+
+Frames are sent without waiting for Redis: each publish starts as a task at once, and tasks take
+their first step in the order they were created, so frames reach the broker's pipeline in the
+order they were sent. The handler starts the reply's append and the ack the same way, behind the
+frames, so a quick request costs one round trip in all instead of one per frame.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from shared import protocol
 from shared.broker.base import BrokerUnavailable, FanOut
@@ -18,6 +23,7 @@ from shared.models import Bot
 
 log = logging.getLogger(__name__)
 KIND_STATES = ("thinking", "executing")  # the states a kind may report; the worker sends the others
+T = TypeVar("T")
 
 
 def bot_sender(bot: Bot) -> dict[str, Any]:
@@ -25,36 +31,60 @@ def bot_sender(bot: Bot) -> dict[str, Any]:
     return {"kind": "bot", "id": bot.id, "name": bot.name}
 
 
+def status_packet(room: str, message_id: str, state: str, detail: str | None = None) -> bytes:
+    """The pub/sub packet of a ``status`` frame."""
+    frame: dict[str, Any] = {"type": "status", "room": room, "message_id": message_id, "state": state}
+    if detail:
+        frame["detail"] = detail
+    return protocol.pack(protocol.encode(frame))
+
+
 class RoomEvents:
-    """Builds and publishes the ephemeral frames of bot rooms."""
+    """Builds and publishes the ephemeral frames of bot rooms, in order, without waiting for each."""
 
     def __init__(self, fanout: FanOut) -> None:
         self.fanout = fanout
+        self._started: set[asyncio.Task[Any]] = set()  # started and not finished: kept until done
 
-    async def _publish(self, room: str, frame: dict[str, Any]) -> None:
+    def in_order(self, call: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Start ``call`` now, behind every frame and call started before it."""
+        task = asyncio.get_running_loop().create_task(call)
+        self._started.add(task)
+        task.add_done_callback(self._started.discard)
+        return task
+
+    async def _publish(self, room: str, packet: bytes) -> None:
         try:
-            await self.fanout.publish(room, protocol.pack(protocol.encode(frame)))
+            await self.fanout.publish(room, packet)
         except (BrokerUnavailable, OSError) as exc:
-            log.warning("could not publish %s to %s: %s", frame["type"], room, exc)
+            log.warning("could not publish to %s: %s", room, exc)
 
-    async def status(self, room: str, message_id: str, state: str, detail: str | None = None) -> None:
-        frame: dict[str, Any] = {"type": "status", "room": room, "message_id": message_id, "state": state}
-        if detail:
-            frame["detail"] = detail
-        await self._publish(room, frame)
+    def send(self, room: str, packet: bytes) -> asyncio.Task[None]:
+        """Publish ``packet``; await the task only to wait until it went out."""
+        return self.in_order(self._publish(room, packet))
 
-    async def typing(self, bot: Bot, state: bool) -> None:
-        await self._publish(bot.id, {"type": "typing", "room": bot.id, "from": bot_sender(bot), "state": state})
+    def status(self, room: str, message_id: str, state: str, detail: str | None = None) -> asyncio.Task[None]:
+        return self.send(room, status_packet(room, message_id, state, detail))
 
-    async def delta(self, room: str, reply_to: str, text: str) -> None:
-        await self._publish(room, {"type": "delta", "room": room, "reply_to": reply_to, "text": text})
+    def typing(self, bot: Bot, state: bool) -> asyncio.Task[None]:
+        frame = {"type": "typing", "room": bot.id, "from": bot_sender(bot), "state": state}
+        return self.send(bot.id, protocol.pack(protocol.encode(frame)))
+
+    def delta(self, room: str, reply_to: str, text: str) -> asyncio.Task[None]:
+        frame = {"type": "delta", "room": room, "reply_to": reply_to, "text": text}
+        return self.send(room, protocol.pack(protocol.encode(frame)))
+
+    async def flush(self) -> None:
+        """Wait until everything started so far is over (the worker stops: the broker closes next)."""
+        while self._started:
+            await asyncio.gather(*self._started, return_exceptions=True)
 
 
 class RequestContext:
     """The :class:`worker.kinds.base.Context` of one request.
 
-    Typing stays on until turned off: it is sent again every ``typing_refresh`` seconds, because
-    clients drop a typing indicator that is not refreshed (a crashed worker never sends false).
+    Typing stays on until turned off: it is sent again every ``typing_refresh`` seconds by a timer,
+    because clients drop a typing indicator that is not refreshed (a crashed worker never sends false).
     """
 
     def __init__(
@@ -66,29 +96,26 @@ class RequestContext:
         self.events = events
         self.typing_refresh = typing_refresh
         self.final: str | None = None  # set by reply()
-        self._typing: asyncio.Task[None] | None = None  # refreshes typing while it is on
+        self._typing: asyncio.TimerHandle | None = None  # the next refresh while typing is on
 
-    async def typing(self, state: bool) -> None:
+    def show_typing(self, state: bool) -> None:
+        """Turn typing on or off; the frame is sent in order without waiting for it."""
         if state == (self._typing is not None):
             return
         if state:
-            await self.events.typing(self.bot, True)
-            self._typing = asyncio.get_running_loop().create_task(self._keep_typing())
+            self._refresh()
             return
-        await self._stop_typing()
-        await self.events.typing(self.bot, False)
+        assert self._typing is not None
+        self._typing.cancel()
+        self._typing = None
+        self.events.typing(self.bot, False)
 
-    async def _keep_typing(self) -> None:
-        while True:
-            await asyncio.sleep(self.typing_refresh)  # the refresh period itself, not a wait for a condition
-            await self.events.typing(self.bot, True)
+    def _refresh(self) -> None:
+        self.events.typing(self.bot, True)
+        self._typing = asyncio.get_running_loop().call_later(self.typing_refresh, self._refresh)
 
-    async def _stop_typing(self) -> None:
-        task, self._typing = self._typing, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async def typing(self, state: bool) -> None:
+        self.show_typing(state)
 
     async def status(self, state: str, detail: str | None = None) -> None:
         if state not in KIND_STATES:
@@ -96,6 +123,7 @@ class RequestContext:
         await self.events.status(self.bot.id, self.request.message_id, state, detail)
 
     async def delta(self, text: str) -> None:
+        # awaited, unlike the worker's own frames, so a fast stream cannot pile up unsent deltas
         if text:
             await self.events.delta(self.bot.id, self.request.message_id, text)
 
@@ -104,6 +132,6 @@ class RequestContext:
             raise RuntimeError("the reply was already set")
         self.final = text
 
-    async def close(self) -> None:
+    def close(self) -> None:
         """Turn typing off; the worker calls this when the request is over."""
-        await self.typing(False)
+        self.show_typing(False)

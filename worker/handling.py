@@ -18,7 +18,7 @@ from shared import protocol
 from shared.broker.base import History
 from shared.broker.queue import BotQueue, Request
 from shared.settings import Settings
-from worker.context import RequestContext, RoomEvents, bot_sender
+from worker.context import RequestContext, RoomEvents, bot_sender, status_packet
 from worker.kinds import RequestFailed
 from worker.metrics import WorkerMetrics
 from worker.roster import ServedBot
@@ -65,29 +65,49 @@ class RequestHandler:
             self.metrics.finished(kind, "duplicate", time.monotonic() - started)
             return True
         detail = f"attempt {request.attempts} of {self.settings.max_attempts}" if request.attempts > 1 else None
-        await self.events.status(request.bot, request.message_id, "processing", detail)
+        self.events.status(request.bot, request.message_id, "processing", detail)
         ctx = RequestContext(served.bot, served.config, request, self.events, self.typing_refresh)
         try:
-            await ctx.typing(True)
+            ctx.show_typing(True)
             outcome = await self._attempts(served, request, ctx)
         except asyncio.CancelledError:
             self.metrics.finished(kind, "abandoned", time.monotonic() - started)  # the drain time ran out
             raise
         finally:
-            await ctx.close()
+            ctx.close()
         if outcome is None:
             self.metrics.finished(kind, "abandoned", time.monotonic() - started)
             return False
         request, reply, failure = outcome
         if failure is not None:
             return await self._dead_letter(served, request, failure, started)
-        if reply:
-            tail = protocol.message_tail(request.bot, bot_sender(served.bot), reply, reply_to=request.message_id)
-            await self.history.append(request.bot, tail, reply_to=request.message_id)
-        await self.queue.ack(request)
+        await self._answer(served, request, reply)
         self.metrics.finished(kind, "done", time.monotonic() - started)
-        await self.events.status(request.bot, request.message_id, "done")
         return True
+
+    async def _answer(self, served: ServedBot, request: Request, reply: str | None) -> None:
+        """Store the reply, then acknowledge the request and announce ``done`` with the ack.
+
+        The append and the ack start together behind the request's frames, so they usually share
+        one round trip; the ack takes effect only if the reply is stored by then. Raises when the
+        reply could not be stored: the request then stays pending.
+        """
+        done = status_packet(request.bot, request.message_id, "done")
+        if not reply:
+            await self.events.in_order(self.queue.ack(request, announce=done))
+            return
+        tail = protocol.message_tail(request.bot, bot_sender(served.bot), reply, reply_to=request.message_id)
+        stored, acked = await asyncio.gather(
+            self.events.in_order(self.history.append(request.bot, tail, reply_to=request.message_id)),
+            self.events.in_order(self.queue.ack(request, reply_stored=True, announce=done)),
+            return_exceptions=True,
+        )
+        if isinstance(stored, BaseException):
+            raise stored
+        if isinstance(acked, BaseException) or not acked:
+            # the append took a second try (Redis had lost its scripts) and came after the ack;
+            # or the ack failed: either way the reply is stored now
+            await self.queue.ack(request, announce=done)
 
     async def _attempts(
         self, served: ServedBot, request: Request, ctx: RequestContext
@@ -118,7 +138,7 @@ class RequestHandler:
                 return request, None, "the request was deleted"
             request, ctx.request, ctx.final = retried, retried, None
             detail = f"attempt {request.attempts} of {self.settings.max_attempts} after: {reason}"
-            await self.events.status(request.bot, request.message_id, "processing", detail)
+            self.events.status(request.bot, request.message_id, "processing", detail)
             backoff = RETRY_BACKOFF[min(request.attempts - 2, len(RETRY_BACKOFF) - 1)]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), backoff)
@@ -131,5 +151,5 @@ class RequestHandler:
         self.metrics.dead_letters.inc()
         self.metrics.finished(served.bot.kind, "failed", time.monotonic() - started)
         if request.message_id:
-            await self.events.status(request.bot, request.message_id, "failed", reason)
+            self.events.status(request.bot, request.message_id, "failed", reason)
         return True

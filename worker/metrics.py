@@ -33,6 +33,8 @@ class WorkerMetrics:
     dead_letters: Counter
     attempts_failed: Counter
     loads: list[WorkerLoad] = field(default_factory=list)
+    # the (count, duration) series of each (kind, outcome), looked up once rather than per request
+    _series: dict[tuple[str, str], tuple[Counter, Histogram]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
@@ -93,5 +95,11 @@ class WorkerMetrics:
             self.loads.remove(load)
 
     def finished(self, kind: str, outcome: str, seconds: float) -> None:
-        self.requests.labels(kind, outcome).inc()
-        self.duration.labels(kind, outcome).observe(seconds)
+        series = self._series.get((kind, outcome))
+        if series is None:
+            series = self._series[kind, outcome] = (
+                self.requests.labels(kind, outcome),
+                self.duration.labels(kind, outcome),
+            )
+        series[0].inc()
+        series[1].observe(seconds)

@@ -14,18 +14,22 @@ import asyncio
 import logging
 import math
 import random
+from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared.broker.base import BotRegistry
-from shared.broker.queue import BotQueue
+from shared.broker.queue import BotQueue, Request
 from shared.models import Bot, BotStatus
 from shared.settings import Settings
 from worker.kinds import BotKind, KindCatalog
 
 log = logging.getLogger(__name__)
 CLAIM_BATCH = 64  # leases claimed per round trip
+# Requests of one bot taken at once. Reading the next request while one is handled keeps the bot in
+# the worker's blocking read: otherwise every reply would have to interrupt that read to add it back.
+MAX_TAKEN = 2
 
 
 @dataclass(eq=False)
@@ -36,13 +40,20 @@ class ServedBot:
     kind: BotKind
     config: dict[str, Any]  # validated by the kind
     recovering: bool  # older pending requests (of a previous server) must be reclaimed before new ones
-    busy: bool = False  # a request of the bot is taken (running or waiting for a slot)
     wanted: bool = True  # false once the bot should stop: no new requests, finish after the current one
     leaving: bool = False  # handed to another worker at the next tick (balancing): no new requests
+    # requests taken, in order: the first is being handled (or waits for a slot), the rest were read ahead
+    taken: deque[Request] = field(default_factory=deque)
+    serving: bool = False  # a task of the worker handles the taken requests, or the bot waits for a slot
 
     @property
     def id(self) -> str:
         return self.bot.id
+
+    @property
+    def busy(self) -> bool:
+        """A request of the bot is taken."""
+        return bool(self.taken)
 
     @property
     def taking(self) -> bool:
@@ -51,8 +62,12 @@ class ServedBot:
 
     @property
     def ready(self) -> bool:
-        """May take a new request now."""
-        return self.taking and not self.busy and not self.recovering
+        """May take a new request now: while one is handled, the next one may be read ahead."""
+        return self.wanted and not self.leaving and not self.recovering and len(self.taken) < MAX_TAKEN
+
+    @property
+    def idle(self) -> bool:
+        return self.taking and not self.recovering and not self.taken
 
 
 class Roster:
@@ -168,7 +183,7 @@ class Roster:
         request of theirs is taken after the lease is gone.
         """
         excess = len(self.served) - limit - sum(s.leaving for s in self.served.values())
-        for served in [s for s in self.served.values() if s.ready][: max(excess, 0)]:
+        for served in [s for s in self.served.values() if s.idle][: max(excess, 0)]:
             served.leaving = True
         if excess > 0:
             self.on_change()

@@ -2,9 +2,15 @@
 
 Three loops run while the worker is up: the lease loop (the roster's tick, a third of the lease
 time), the read loop (one blocking read over every bot ready for a request) and the reclaim loop
-(stale pending requests of bots whose previous server died, after the visibility timeout). Each
-bot has at most one request taken at a time, which is what keeps its replies in order; up to
-``worker_concurrency`` requests run at once, and taken requests beyond that wait for a slot.
+(stale pending requests of bots whose previous server died, after the visibility timeout). A bot's
+requests are handled one at a time, in order: while one is handled, the next one may be read ahead
+and waits behind it (``MAX_TAKEN``), so the bot stays in the blocking read and a reply does not
+have to interrupt that read. Up to ``worker_concurrency`` requests run at once; taken requests
+beyond that wait for a slot.
+
+A request left pending (its handling failed on a broker error) makes the bot *recovering*: the
+requests read ahead behind it are dropped here but stay pending, and the reclaim loop hands them
+all out again, oldest first, before new ones are read.
 
 ``stop()`` takes no new requests, lets the taken ones finish within ``drain_seconds``, gives the
 rest back to the queue (still pending, in their place; the bot's next worker reclaims them at
@@ -27,7 +33,7 @@ from worker.context import RoomEvents
 from worker.handling import RequestHandler
 from worker.kinds import KindCatalog
 from worker.metrics import WorkerMetrics
-from worker.roster import Roster, ServedBot
+from worker.roster import MAX_TAKEN, Roster, ServedBot
 
 log = logging.getLogger(__name__)
 READ_BLOCK = 1.0  # longest blocking read; a wake() ends it earlier when the ready bots change
@@ -66,8 +72,10 @@ class Worker:
         )
         self._ready_changed = asyncio.Event()  # a bot became ready or a slot freed
         self._bots_changed = asyncio.Event()  # bots came or went: a new one may have requests to reclaim
-        self._running: dict[asyncio.Task[None], Request] = {}  # requests being handled
-        self._waiting: deque[tuple[ServedBot, Request]] = deque()  # taken requests waiting for a slot
+        self._running: dict[asyncio.Task[None], ServedBot] = {}  # requests being handled, by bot
+        self._waiting: deque[ServedBot] = deque()  # bots whose next taken request waits for a slot
+        self._reading: frozenset[str] = frozenset()  # the bots of the read in flight
+        self._waking: asyncio.Task[None] | None = None  # a wake of that read on its way
         self._loops: list[asyncio.Task[None]] = []
         self._last_tick = 0.0  # monotonic time of the last successful lease tick
         self._last_backlog = -BACKLOG_EVERY  # when the queue-depth gauges were last refreshed
@@ -108,13 +116,15 @@ class Worker:
         deadline = time.monotonic() + drain
         while self._running and (remaining := deadline - time.monotonic()) > 0:
             await asyncio.wait(list(self._running), timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-        left = [request for _, request in self._waiting] + list(self._running.values())
+        # every request still taken, each bot's in order; released in that order, they keep their places
+        left = [request for served in [*self._running.values(), *self._waiting] for request in served.taken]
         if left:
             log.warning("drain time is over: %d requests go back to the queue for another worker", len(left))
         self._waiting.clear()
         for task in list(self._running):
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
+        await self.handler.events.flush()
         with contextlib.suppress(BrokerUnavailable, OSError):
             for request in left:
                 await self.queue.release(self.consumer, request)
@@ -164,13 +174,16 @@ class Worker:
                     await asyncio.wait_for(self._ready_changed.wait(), READ_BLOCK)
                 continue
             try:
+                self._reading = frozenset(ready)
                 try:
-                    requests = await self._read(ready)
+                    requests = await self.queue.read(self.consumer, ready, block=READ_BLOCK)
                 except GroupMissing:
                     await self._repair_groups(ready)
                     continue
+                finally:
+                    self._reading = frozenset()
                 for request in requests:
-                    await self._take(request)
+                    await self._take(request, read=True)
                 backoff = 0.1
             except Exception as exc:  # the loop must outlive any failure
                 if isinstance(exc, BrokerUnavailable | OSError):
@@ -180,20 +193,15 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
-    async def _read(self, bots: list[str]) -> list[Request]:
-        """One blocking read over ``bots``, cut short when the ready bots change meanwhile."""
-        loop = asyncio.get_running_loop()
-        read = loop.create_task(self.queue.read(self.consumer, bots, block=READ_BLOCK))
-        changed = loop.create_task(self._ready_changed.wait())
-        try:
-            await asyncio.wait((read, changed), return_when=asyncio.FIRST_COMPLETED)
-            if not read.done():
-                await self.queue.wake()
-            return await read
-        finally:
-            changed.cancel()
-            if not read.done():
-                read.cancel()
+    def _wake_reader(self) -> None:
+        """The bots to read changed: a waiting read loop looks again, a blocked read returns early."""
+        self._ready_changed.set()
+        if self._reading and (self._waking is None or self._waking.done()):
+            self._waking = asyncio.get_running_loop().create_task(self._wake_read())
+
+    async def _wake_read(self) -> None:
+        with contextlib.suppress(BrokerUnavailable, OSError):
+            await self.queue.wake()
 
     async def _repair_groups(self, bots: list[str]) -> None:
         """A bot's inbox vanished (deleted bot): drop bots no longer wanted, recreate the others' groups."""
@@ -239,27 +247,57 @@ class Worker:
                 self._changed()
 
     # -- requests ---------------------------------------------------------------------------------
-    async def _take(self, request: Request) -> None:
+    async def _take(self, request: Request, *, read: bool = False) -> None:
         served = self.roster.served.get(request.bot)
-        if served is None or not served.taking or served.busy:
+        if served is None or not served.taking:
             # the bot left this worker while the request was on its way: give it back in its place
             await self.queue.release(self.consumer, request)
             return
-        served.busy = True
+        if read and served.recovering:
+            # read just as the request before it was left pending: it stays pending too, behind that
+            # one, and is reclaimed after it (released, it would be reclaimed first)
+            return
+        if len(served.taken) >= MAX_TAKEN:
+            # reads leave such a bot out, so this is a race: give the request back and recover the
+            # bot, which reclaims it once the ones taken before it are over
+            served.recovering = True
+            await self.queue.release(self.consumer, request)
+            return
+        served.taken.append(request)
+        if served.serving:
+            return  # read ahead: it runs when the one before it is over
+        served.serving = True
         if len(self._running) < self.settings.worker_concurrency:
-            self._run(served, request)
+            self._run(served)
         else:
-            self._waiting.append((served, request))
+            self._waiting.append(served)
 
-    def _run(self, served: ServedBot, request: Request) -> None:
-        task = asyncio.get_running_loop().create_task(self._handle(served, request))
-        self._running[task] = request
+    def _run(self, served: ServedBot) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(served))
+        self._running[task] = served
         task.add_done_callback(self._finished)
+
+    async def _serve(self, served: ServedBot) -> None:
+        """Handle the bot's taken requests in order; step aside after each one while other bots wait for a slot."""
+        waiting = False
+        try:
+            while served.taken:
+                await self._handle(served, served.taken[0])
+                if served.taken and self._waiting:
+                    self._waiting.append(served)
+                    waiting = True
+                    return
+        finally:
+            served.serving = waiting
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
-        if self._waiting and not task.cancelled():
-            self._run(*self._waiting.popleft())
+        if task.cancelled():
+            return
+        if self._waiting:
+            self._run(self._waiting.popleft())
+        if len(self._running) < self.settings.worker_concurrency and not self._reading:
+            self._ready_changed.set()  # a read loop waiting for a free slot may read again
 
     async def _handle(self, served: ServedBot, request: Request) -> None:
         finished = False
@@ -270,18 +308,32 @@ class Worker:
         except Exception:
             log.exception("request %s of bot %s left pending", request.message_id, request.bot)
         finally:
-            served.busy = False
+            served.taken.popleft()
             if not finished:
-                served.recovering = True  # it is still pending: reclaim it before reading newer ones
+                # still pending: reclaim it before reading newer ones; those read ahead stay pending
+                # behind it and are reclaimed after it
+                served.recovering = True
+                served.taken.clear()
             try:
-                await self.roster.after_request(served)
+                await self._after(served)
             except Exception as exc:  # the next tick stops the bot instead
                 log.warning("finishing the stop of bot %s failed: %s", request.bot, exc)
-            self._ready_changed.set()
+            if served.ready and served.id not in self._reading:
+                self._wake_reader()  # it had a request read ahead, so the read in flight leaves it out
+
+    async def _after(self, served: ServedBot) -> None:
+        """A request of the bot is over: give back the ones read ahead if the bot stops or moved."""
+        if served.taken and not (served.taking and self.roster.served.get(served.id) is served):
+            left = list(served.taken)
+            served.taken.clear()
+            for request in left:
+                await self.queue.release(self.consumer, request)
+        if not served.taken:
+            await self.roster.after_request(served)
 
     def _changed(self) -> None:
         """Bots became ready, came or went: let the read and reclaim loops look again at once."""
-        self._ready_changed.set()
+        self._wake_reader()
         self._bots_changed.set()
 
     async def _update_load(self) -> None:

@@ -183,8 +183,13 @@ class MemoryBotQueue(BotQueue):
         group.stream.entries[:] = [e for e in group.stream.entries if e[0] != request.entry_id]
         return len(group.stream.entries) < before
 
-    async def ack(self, request: Request) -> None:
-        self._forget(request)
+    async def ack(self, request: Request, *, reply_stored: bool = False, announce: bytes | None = None) -> bool:
+        if reply_stored and (request.bot, request.message_id) not in self.store.replied:
+            return False
+        forgotten = self._forget(request)
+        if forgotten and announce is not None:
+            self.store.deliver(request.bot, announce)
+        return forgotten
 
     async def dead_letter(self, request: Request, reason: str) -> None:
         if self._forget(request):

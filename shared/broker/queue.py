@@ -52,17 +52,20 @@ def decode_request(bot: str, entry_id: str, fields: Mapping[bytes, bytes], attem
     """
     message_id = fields.get(b"m", b"").decode(errors="replace")
     frame = fields.get(b"f", b"")
-    base = Request(bot, entry_id, message_id, "", {}, 0, attempts, frame)
     try:
         body = orjson.loads(frame)
     except orjson.JSONDecodeError:
-        return replace(base, problem="the queued message is not valid JSON")
+        return _malformed(bot, entry_id, message_id, attempts, frame, "the queued message is not valid JSON")
     if not isinstance(body, dict):
-        return replace(base, problem="the queued message is not an object")
+        return _malformed(bot, entry_id, message_id, attempts, frame, "the queued message is not an object")
     text, sender, ts = body.get("text"), body.get("from"), body.get("ts")
     if not message_id or not isinstance(text, str) or not isinstance(sender, dict) or not isinstance(ts, int):
-        return replace(base, problem="the queued message lacks id, text, from or ts")
-    return replace(base, text=text, sender=sender, ts=ts)
+        return _malformed(bot, entry_id, message_id, attempts, frame, "the queued message lacks id, text, from or ts")
+    return Request(bot, entry_id, message_id, text, sender, ts, attempts, frame)
+
+
+def _malformed(bot: str, entry_id: str, message_id: str, attempts: int, frame: bytes, problem: str) -> Request:
+    return Request(bot, entry_id, message_id, "", {}, 0, attempts, frame, problem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +126,17 @@ class BotQueue(Protocol):
         the attempt count is unchanged.
         """
 
-    async def ack(self, request: Request) -> None:
-        """The request is answered: forget it."""
+    async def ack(self, request: Request, *, reply_stored: bool = False, announce: bytes | None = None) -> bool:
+        """The request is answered: forget it. True when it was pending until this call.
+
+        With ``reply_stored`` the request is acknowledged only if a reply to it is in history (what
+        :meth:`answered` tells), checked in the same atomic step; otherwise nothing changes and the
+        answer is False. That lets a worker send the ack right behind the reply's append, in the
+        same round trip, without ever acknowledging a request whose reply was not stored.
+
+        ``announce`` is a packet published to the bot's room in that same step, only when the
+        request was acknowledged by this call: ``status done`` goes out once, and never before the ack.
+        """
 
     async def dead_letter(self, request: Request, reason: str) -> None:
         """Move the request to the bot's dead-letter stream (with the reason) and forget it."""

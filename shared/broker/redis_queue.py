@@ -64,14 +64,25 @@ end
 return out
 """)
 
-# KEYS: 1 inbox, 2 dead-letter stream. ARGV: 1 group, 2 entry id, then for a dead letter
-# 3 message id, 4 frame, 5 reason, 6 attempts, 7 dead-letter max length. Returns 1 if the entry existed.
+# KEYS: 1 inbox, 2 dead-letter stream, 3 "replied" marker of the request's message.
+# ARGV: 1 group, 2 entry id, 3 "1" to act only if the reply is stored, 4 publish command ("" = none),
+# 5 channel, 6 packet to publish once acknowledged; then for a dead letter 7 message id, 8 frame,
+# 9 reason, 10 attempts, 11 dead-letter max length.
+# Returns 1 if the entry was pending until now, 0 if it was gone, -1 if its reply is not stored.
 FINISH = _Lua("""
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[3]) == 0 then
+  return -1
+end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 local deleted = redis.call('XDEL', KEYS[1], ARGV[2])
-if deleted == 1 and ARGV[3] then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'm', ARGV[3], 'f', ARGV[4], 'reason', ARGV[5],
-    'attempts', ARGV[6])
+if deleted == 1 then
+  if ARGV[7] then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[11], '*', 'm', ARGV[7], 'f', ARGV[8], 'reason', ARGV[9],
+      'attempts', ARGV[10])
+  end
+  if ARGV[4] ~= '' then
+    redis.call(ARGV[4], ARGV[5], ARGV[6])
+  end
 end
 return deleted
 """)
@@ -204,12 +215,15 @@ class RedisBotQueue(BotQueue):
         self.keys = keys
         self.settings = settings
         self.group = keys.group()
+        # an ack's announcement goes to the bot's room as its fan-out would send it: sharded on a cluster
+        self.publish_command = "SPUBLISH" if is_cluster(client) else "PUBLISH"
         # a cluster refuses one XREADGROUP over inboxes in several slots: there inboxes are read on notice
         self._notices = _InboxNotices(client) if is_cluster(client) else None
         self._reader = None if isinstance(client, RedisCluster) else client.client()  # held for blocking reads
         self._reader_id: int | None = None  # its CLIENT ID, for CLIENT UNBLOCK
         self._reading = False  # a blocking read is in flight
         self._woken = False  # a wake() that no blocked read took: the next read does not block
+        self._last_read: tuple[Any, list[bytes], dict[bytes, str]] | None = None  # see _read_command
         self._control: PubSub | None = None  # subscription to the control channel
 
     # -- requests ------------------------------------------------------------------------
@@ -232,17 +246,18 @@ class RedisBotQueue(BotQueue):
             return []
         if self._reader is None:
             return await self._read_on_notice(consumer, bots, block)
-        by_key = {self.keys.inbox(bot): bot for bot in bots}
-        args: list[Any] = ["XREADGROUP", "GROUP", self.group, consumer, "COUNT", 1]
-        if not self._woken and block > 0:
-            args += ["BLOCK", max(1, int(block * 1000))]
-        args += ["STREAMS", *by_key, *[">"] * len(by_key)]
+        block_ms = max(1, int(block * 1000)) if not self._woken and block > 0 else 0
         self._woken = False
         try:
             if self._reader_id is None:
-                self._reader_id = await self._reader.client_id()
+                self._reader_id = await self._reader.client_id()  # connects the held connection too
+            connection = self._reader.connection
+            command, by_key = self._read_command(connection, consumer, bots, block_ms)
             self._reading = True
-            raw = await self._reader.execute_command(*args)
+            # straight on the held connection: the read is one command, packed once while the bots
+            # stay the same, and needs none of the client's per-command machinery
+            await connection.send_packed_command(command, check_health=False)
+            raw = await connection.read_response()
         except ResponseError as exc:
             # NOGROUP: the inbox is gone; UNBLOCKED: it was deleted while the read waited on it
             if str(exc).startswith(("NOGROUP", "UNBLOCKED")):
@@ -258,12 +273,26 @@ class RedisBotQueue(BotQueue):
             raise BrokerUnavailable(f"cannot read the inboxes: {exc}") from exc
         finally:
             self._reading = False
-        requests = []
-        for key, entries in _streams(raw):
-            bot = by_key[_text(key)]
-            for entry_id, fields in entries:
-                requests.append(decode_request(bot, _text(entry_id), _fields(fields), 1))
-        return requests
+        return [
+            decode_request(by_key[key], _text(entry_id), _fields(fields), 1)
+            for key, entries in _streams(raw)
+            for entry_id, fields in entries
+        ]
+
+    def _read_command(
+        self, connection: Any, consumer: str, bots: Sequence[str], block_ms: int
+    ) -> tuple[list[bytes], dict[bytes, str]]:
+        """The packed XREADGROUP over ``bots`` and the bot of each inbox key; kept while they stay the same."""
+        wanted = (consumer, tuple(bots), block_ms)
+        if self._last_read is None or self._last_read[0] != wanted:
+            inboxes = [self.keys.inbox(bot) for bot in bots]
+            args: list[Any] = ["XREADGROUP", "GROUP", self.group, consumer, "COUNT", 1]
+            if block_ms:
+                args += ["BLOCK", block_ms]
+            args += ["STREAMS", *inboxes, *[">"] * len(inboxes)]
+            by_key = {key.encode(): bot for key, bot in zip(inboxes, bots, strict=True)}
+            self._last_read = (wanted, connection.pack_command(*args), by_key)
+        return self._last_read[1], self._last_read[2]
 
     async def _read_on_notice(self, consumer: str, bots: Sequence[str], block: float) -> list[Request]:
         assert self._notices is not None
@@ -344,16 +373,21 @@ class RedisBotQueue(BotQueue):
         with contextlib.suppress(ResponseError):  # no group: nothing to give back
             await self.pipe.script(RELEASE, [key], [self.group, consumer, request.entry_id, idle])
 
-    async def _finish(self, request: Request, dead: list[Any]) -> None:
-        keys = [self.keys.inbox(request.bot), self.keys.dead_letters(request.bot)]
-        await self.pipe.script(FINISH, keys, [self.group, request.entry_id, *dead])
+    async def _finish(
+        self, request: Request, *, reply_stored: bool = False, announce: bytes | None = None, dead: Sequence[Any] = ()
+    ) -> int:
+        bot = request.bot
+        keys = [self.keys.inbox(bot), self.keys.dead_letters(bot), self.keys.replied(bot, request.message_id or "-")]
+        publish = [self.publish_command, self.keys.channel(bot), announce] if announce is not None else ["", "", ""]
+        args = [self.group, request.entry_id, "1" if reply_stored else "0", *publish, *dead]
+        return int(await self.pipe.script(FINISH, keys, args))
 
-    async def ack(self, request: Request) -> None:
-        await self._finish(request, [])
+    async def ack(self, request: Request, *, reply_stored: bool = False, announce: bytes | None = None) -> bool:
+        return await self._finish(request, reply_stored=reply_stored, announce=announce) == 1
 
     async def dead_letter(self, request: Request, reason: str) -> None:
         dead = [request.message_id, request.frame, reason, request.attempts, DEAD_LETTERS_MAX]
-        await self._finish(request, dead)
+        await self._finish(request, dead=dead)
 
     async def dead_letters(self, bot: str, limit: int = 100) -> list[DeadLetter]:
         raw = await self.pipe.execute("XRANGE", self.keys.dead_letters(bot), "-", "+", "COUNT", limit)

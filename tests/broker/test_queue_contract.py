@@ -12,9 +12,11 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from shared.broker.memory import MemoryStore
+from shared import protocol
+from shared.broker.memory import MemoryFanOut, MemoryStore
 from shared.broker.memory_queue import MemoryBotQueue
 from shared.broker.queue import BotQueue, GroupMissing
+from shared.broker.redis import RedisFanOut
 from shared.broker.redis_link import CommandPipe, connect
 from shared.broker.redis_queue import RedisBotQueue
 from shared.keys import Keys
@@ -32,6 +34,7 @@ class Harness:
     drop_inbox: Callable[[str], Any]  # delete a bot's inbox as deleting the bot does
     mark_answered: Callable[[str, str], Any]  # record a reply to a message as history does
     blocked: Callable[[], Any]  # true while a read waits
+    heard: list[bytes]  # packets published to BOT's room, in arrival order
 
 
 def frame(message_id: str, text: str) -> bytes:
@@ -61,7 +64,12 @@ async def harness(request: pytest.FixtureRequest, redis_url: str, redis_prefix: 
         async def blocked() -> bool:
             return bool(queue._waiters)
 
-        yield Harness(queue, peer, drop, mark, blocked)
+        heard: list[bytes] = []
+        fanout = MemoryFanOut(store)
+        fanout.set_handler(lambda _, packet: heard.append(packet))
+        await fanout.subscribe(BOT)
+        yield Harness(queue, peer, drop, mark, blocked, heard)
+        fanout.close()
         await queue.close()
         await peer.close()
         return
@@ -81,7 +89,12 @@ async def harness(request: pytest.FixtureRequest, redis_url: str, redis_prefix: 
     async def blocked_redis() -> bool:
         return int((await raw.info("clients"))["blocked_clients"]) > 0
 
-    yield Harness(queue, peer, drop_redis, mark_redis, blocked_redis)
+    heard_redis: list[bytes] = []
+    listener = RedisFanOut(clients[1], pipes[1], keys)
+    listener.set_handler(lambda _, packet: heard_redis.append(packet))
+    await listener.subscribe(BOT)
+    yield Harness(queue, peer, drop_redis, mark_redis, blocked_redis, heard_redis)
+    await listener.close()
     for q in (queue, peer):
         await q.close()
     for pipe, client in zip(pipes, clients, strict=True):
@@ -172,6 +185,33 @@ async def test_ack_forgets_the_request(harness: Harness) -> None:
     backlog = await q.backlog(BOT)
     assert (backlog.waiting, backlog.pending) == (1, 0)
     assert await q.pending(BOT) == 0
+
+
+async def test_ack_after_the_reply_waits_for_it_and_announces_once(harness: Harness) -> None:
+    """An ack that needs the reply changes nothing until the reply is stored; an announcement goes out with the ack only."""
+    q = harness.queue
+    await q.ensure_group(BOT)
+    first = await enqueue(q, BOT, "one")
+    second = await enqueue(q, BOT, "two")
+    [request] = await q.read("w1", [BOT], block=0)
+    done = protocol.pack(b'{"type":"status","state":"done"}')
+    assert not await q.ack(request, reply_stored=True, announce=protocol.pack(b'{"early":true}'))
+    assert await q.pending(BOT) == 1
+    await harness.mark_answered(BOT, first)
+    assert await q.ack(request, reply_stored=True, announce=done)
+    assert await q.pending(BOT) == 0
+    assert not await q.ack(request, announce=protocol.pack(b'{"again":true}'))  # gone: no second announcement
+    [later] = await q.read("w1", [BOT], block=0)
+    assert later.message_id == second
+    last = protocol.pack(b'{"type":"status","state":"last"}')
+    assert await q.ack(later, announce=last)  # without reply_stored it needs no reply
+
+    async def both_heard() -> bool:
+        return len(harness.heard) >= 2
+
+    await until(both_heard, "the announcements")
+    assert harness.heard == [done, last]  # one channel keeps the order: nothing came in between
+    assert (await q.backlog(BOT)).waiting == 0
 
 
 async def test_reclaim_moves_stale_requests_and_counts_attempts(harness: Harness) -> None:
