@@ -1,8 +1,9 @@
 """``python -m bench``: run the scenarios against each system and write results.json, results.md, results.png.
 
-Every system is started by this runner on loopback (its own redis-server and two nodes), measured in
-the same run by the same load generator, and stopped again. ``--quick`` runs small sizes in well
-under a minute per system, to prove the suite works rather than to measure.
+Every system is started by this runner on loopback (its own redis-server and two nodes; three too in
+the scale scenario), measured in the same run by the same load generator, and stopped again.
+``--quick`` runs small sizes in about a minute per system, to prove the suite works rather than to
+measure.
 """
 
 from __future__ import annotations
@@ -19,23 +20,25 @@ from typing import Any
 
 import uvloop
 
-from bench import report, scenarios
+from bench import report, scale, scenarios
 from bench.loadgen import LoadGen
 from bench.procs import raise_fd_limit
 from bench.systems import SYSTEMS
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+# The scale scenario starts its own topologies (2 nodes, then 3), so it runs apart from the others.
+SCENARIOS = [*scenarios.SCENARIOS, scale.NAME]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, short steps (CI)")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of {', '.join(SYSTEMS)}")
-    parser.add_argument("--scenarios", default=",".join(scenarios.SCENARIOS), help="comma list of scenarios")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of scenarios")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the results files")
     parser.add_argument("--loadgen-procs", type=int, default=2, help="load-generator processes")
     args = parser.parse_args(argv)
-    for kind, chosen, known in (("system", args.systems, SYSTEMS), ("scenario", args.scenarios, scenarios.SCENARIOS)):
+    for kind, chosen, known in (("system", args.systems, SYSTEMS), ("scenario", args.scenarios, SCENARIOS)):
         unknown = [name for name in chosen.split(",") if name not in known]
         if unknown:
             parser.error(f"unknown {kind} {', '.join(unknown)}")
@@ -50,6 +53,13 @@ def _brief(result: dict[str, Any]) -> str:
     if "summary" not in result:
         return str(result.get("error") or result.get("skipped"))
     s = result["summary"]
+    if "capacity_ratio" in s:
+        a, b = scale.NODE_COUNTS
+        return (
+            f"max ok {s[f'max_ok_rate_{a}']} -> {s[f'max_ok_rate_{b}']} msg/s (x{s['capacity_ratio']}), "
+            f"{s[f'server_cpu_us_per_delivery_{a}']} -> {s[f'server_cpu_us_per_delivery_{b}']} µs/delivery "
+            f"(x{s['cpu_ratio']}), lost {s['lost']}, dup {s['duplicated']}"
+        )
     return (
         f"{s['deliveries_per_s']} deliveries/s, {s['server_cpu_us_per_delivery']} µs/delivery, "
         f"p99 {s['p99_ms']} ms, lost {s['lost']}, dup {s['duplicated']}, {s['rss_per_conn_kb']} KB/conn"
@@ -60,6 +70,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     # SIGTERM cancels the run like Ctrl-C does, so every server and load generator is stopped on the way out.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)  # type: ignore[union-attr]
     sizes = scenarios.QUICK if args.quick else scenarios.FULL
+    scale_sizes = scale.QUICK if args.quick else scale.FULL
     data: dict[str, Any] = {
         "meta": {
             "quick": args.quick,
@@ -70,6 +81,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "fd_limit": raise_fd_limit(),
             "loadgen_procs": args.loadgen_procs,
             "sizes": sizes.__dict__,
+            "scale_sizes": scale_sizes.__dict__,
         },
         "systems": {},
         "results": {},
@@ -85,7 +97,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for scenario in args.scenarios.split(","):
             for system in ready:
                 log(f"{scenario} on {system.name} ...")
-                result = await scenarios.run(system, scenario, loadgens, sizes)
+                if scenario == scale.NAME:
+                    result = await scale.run(system, loadgens, scale_sizes)
+                else:
+                    result = await scenarios.run(system, scenario, loadgens, sizes)
                 data["results"].setdefault(scenario, {})[system.name] = result
                 log(f"{scenario} on {system.name}: {_brief(result)}")
     finally:

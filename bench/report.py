@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.scale import NAME as SCALE
+from bench.scale import NODE_COUNTS
+
 # (summary key, column title) of the table every scenario gets.
 COLUMNS = [
     ("deliveries_per_s", "deliveries/s"),
@@ -64,7 +67,8 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, 
                 a, b = mine.get(key), theirs.get(key)
                 if isinstance(a, int | float) and isinstance(b, int | float) and b:
                     row[key] = round(a / b, 2)
-            out.setdefault(scenario, {})[peer] = row
+            if row:  # the scale scenario has figures of its own, compared in its own table
+                out.setdefault(scenario, {})[peer] = row
     return out
 
 
@@ -88,8 +92,8 @@ def markdown(data: dict[str, Any]) -> str:
         "# Benchmark results",
         "",
         f"{'Quick' if meta['quick'] else 'Full'} run of {meta['started']} on {meta['cpus']} CPUs, Python "
-        f"{meta['python']}; each system on its own redis-server with 2 nodes, all on loopback. Load average "
-        f"{meta['load_before']:.1f} before the run (other work on the machine skews the figures).",
+        f"{meta['python']}; each system on its own redis-server with 2 nodes (and 3 in `scale`), all on loopback. "
+        f"Load average {meta['load_before']:.1f} before the run (other work on the machine skews the figures).",
         "",
     ]
     for name, status in data["systems"].items():
@@ -97,6 +101,9 @@ def markdown(data: dict[str, Any]) -> str:
             lines.append(f"- `{name}` skipped: {status}")
     for scenario, by_system in data["results"].items():
         lines += [f"## {scenario}"]
+        if scenario == SCALE:
+            lines += scale_markdown(by_system)
+            continue
         columns = COLUMNS + EXTRA_COLUMNS.get(scenario, [])
         rows = []
         for system, result in by_system.items():
@@ -124,16 +131,88 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def chart(data: dict[str, Any], path: Path) -> None:
-    """Four panels: fan-out p99 and server CPU against rate, CPU per delivery per scenario, RSS per connection."""
-    import matplotlib
+def _nodes_cell(value: Any, capped: bool) -> str:
+    return ("≥ " if capped else "") + _cell(value)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    results = data["results"]
-    systems = [name for name, status in data["systems"].items() if status == "ok"]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+def scale_markdown(by_system: dict[str, Any]) -> list[str]:
+    """The scale scenario's table (each figure with 2 and 3 nodes, and their ratio) and its steps."""
+    a, b = NODE_COUNTS
+    lines = [
+        "",
+        f"The rooms workload on {a} nodes and on {b} (connection i on node i mod N, so a room's two members are "
+        f"always on two different nodes), at the same offered rates. *max ok*: the highest rate with p99 ≤ 100 ms "
+        f"and no loss (≥: every offered rate passed). *µs/delivery*: all the nodes' CPU from the first `cost` round "
+        f"to the last (idle turns included) per delivery; *node CPU*: each node's share of it, as % of one core per "
+        f"second of its own rounds; *cost p99*: the worse round's. Both topologies run side by side and take turns, "
+        f"so outside work weighs on both alike. A µs/delivery ratio near 1.00 means a node does no work for rooms it "
+        f"does not hold, so capacity grows with the cores added; above 1, every node pays for every message. On a "
+        f"machine whose cores already run the load generator, Redis and every node, a third node adds no CPU: the "
+        f"max ok ratio there is bounded by the cores, not by the system.",
+        "",
+    ]
+    header = ["system"]
+    for title in ("max ok msg/s", "server µs/delivery"):
+        header += [f"{title} {a} nodes", f"{b} nodes", f"{b}/{a}"]
+    header += [f"node CPU % {a} nodes", f"{b} nodes", f"Redis µs/delivery {a} nodes", f"{b} nodes"]
+    header += [f"cost p99 ms {a} nodes", f"{b} nodes", "lost", "dup"]
+    rows = []
+    for system, result in by_system.items():
+        if "summary" not in result:
+            lines.append(f"- `{system}`: {result.get('error') or result.get('skipped')}")
+            continue
+        s = result["summary"]
+        rows.append(
+            [
+                f"`{system}`",
+                *(_nodes_cell(s[f"max_ok_rate_{n}"], s[f"top_rate_passed_{n}"]) for n in (a, b)),
+                s["capacity_ratio"],
+                s[f"server_cpu_us_per_delivery_{a}"],
+                s[f"server_cpu_us_per_delivery_{b}"],
+                s["cpu_ratio"],
+                *(" / ".join(_cell(v) for v in s[f"node_cpu_pct_{n}"]) for n in (a, b)),
+                s[f"redis_cpu_us_per_delivery_{a}"],
+                s[f"redis_cpu_us_per_delivery_{b}"],
+                s[f"p99_ms_{a}"],
+                s[f"p99_ms_{b}"],
+                s["lost"],
+                s["duplicated"],
+            ]
+        )
+    if rows:
+        lines += _table(header, rows)
+    steps = [
+        [f"`{system}`", run["nodes"], kind] + [step.get(key) for key, _ in STEP_COLUMNS]
+        for system, result in by_system.items()
+        for run in result.get("runs", [])
+        for kind, step in [
+            *(("cost", s) for s in run["cost_steps"]),
+            *(("retry" if s["retry"] else "search", s) for s in run["steps"]),
+        ]
+    ]
+    if steps:
+        lines += ["Steps:", "", *_table(["system", "nodes", "step"] + [t for _, t in STEP_COLUMNS], steps)]
+    return lines
+
+
+def _scale_panels(results: dict[str, Any], systems: list[str], axes: Any) -> None:
+    """Bars of max ok msg/s and of server µs/delivery per system, one bar per node count."""
+    measured = [s for s in systems if "summary" in results.get(s, {})]
+    width = 0.8 / len(NODE_COUNTS)
+    for i, n in enumerate(NODE_COUNTS):
+        xs = [x + i * width for x in range(len(measured))]
+        summaries = [results[s]["summary"] for s in measured]
+        axes[0].bar(xs, [v[f"max_ok_rate_{n}"] for v in summaries], width, label=f"{n} nodes")
+        axes[1].bar(xs, [v[f"server_cpu_us_per_delivery_{n}"] or 0 for v in summaries], width, label=f"{n} nodes")
+    for ax in axes:
+        ax.set_xticks([x + width * (len(NODE_COUNTS) - 1) / 2 for x in range(len(measured))], measured)
+        ax.legend()
+    axes[0].set(title="scale: highest rate with p99 ≤ 100 ms, no loss", ylabel="messages/s")
+    axes[1].set(title="scale: server CPU per delivery (all nodes)", ylabel="µs")
+
+
+def _panels(results: dict[str, Any], systems: list[str], axes: Any) -> None:
+    """Fan-out p99 and server CPU against rate, CPU per delivery per scenario, RSS per connection."""
     fanout = results.get("fanout", {})
     for system in systems:
         steps = fanout.get(system, {}).get("steps", [])
@@ -151,7 +230,8 @@ def chart(data: dict[str, Any], path: Path) -> None:
             ax.set_xticks(rates, [f"{r:g}" for r in rates])
             ax.minorticks_off()
     # The idle scenario's one message per room checks liveness; its CPU per delivery is not a throughput figure.
-    scenarios = [s for s in results if s != "idle" and any("summary" in r for r in results[s].values())]
+    # Scale's figures are per node count: they get panels of their own.
+    scenarios = [s for s in results if s not in ("idle", SCALE) and any("summary" in r for r in results[s].values())]
     width = 0.8 / max(len(systems), 1)
     for i, system in enumerate(systems):
         summaries = [results[s].get(system, {}).get("summary", {}) for s in scenarios]
@@ -165,6 +245,25 @@ def chart(data: dict[str, Any], path: Path) -> None:
     for ax in (axes[0][0], axes[0][1], axes[1][0]):
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
+
+
+def chart(data: dict[str, Any], path: Path) -> None:
+    """The four panels of the other scenarios (when any ran) and the scale scenario's two (when it ran)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = data["results"]
+    systems = [name for name, status in data["systems"].items() if status == "ok"]
+    scaled = any("summary" in r for r in results.get(SCALE, {}).values())
+    main_rows = 2 if not scaled or any(s != SCALE for s in results) else 0
+    rows = main_rows + scaled
+    fig, axes = plt.subplots(rows, 2, figsize=(13, 4.5 * rows), squeeze=False)
+    if main_rows:
+        _panels(results, systems, axes[:2])
+    if scaled:
+        _scale_panels(results[SCALE], systems, axes[-1])
     fig.suptitle(f"chat servers on one machine ({'quick' if data['meta']['quick'] else 'full'} run)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -4,7 +4,7 @@
 - idle: many connections on one node, each in a small room: memory per connection and idle CPU,
   then one message per room to prove every connection still delivers;
 - rooms: many two-member rooms, one member on each node, both chatting;
-- bot: users talk to their own echo bots served by two workers; time to the bot's reply.
+- bot: users talk to their own echo bots served by two workers at rising rates; time to the bot's reply.
 
 Each returns ``{"summary": {...}, "steps": [...], ...}``; the summary has the same keys everywhere.
 """
@@ -38,7 +38,7 @@ class Sizes:
     rooms_rate: float
     rooms_seconds: float
     bots: int
-    bot_rate: float
+    bot_rates: tuple[float, ...]  # requests/s over all bots, one step each on the same topology
     bot_seconds: float
     drain_idle: float
     padding: int = 24  # filler after the ~40-character marker: texts of a typical chat line's length
@@ -55,7 +55,7 @@ FULL = Sizes(
     rooms_rate=1000.0,
     rooms_seconds=10.0,
     bots=50,
-    bot_rate=50.0,
+    bot_rates=(50, 100, 200),
     bot_seconds=10.0,
     drain_idle=2.0,
 )
@@ -70,7 +70,7 @@ QUICK = Sizes(
     rooms_rate=200.0,
     rooms_seconds=2.0,
     bots=5,
-    bot_rate=10.0,
+    bot_rates=(10,),
     bot_seconds=2.0,
     drain_idle=2.0,
 )
@@ -180,18 +180,17 @@ async def bot(system: System, drive: Drive, sizes: Sizes) -> dict[str, Any]:
     members = [Member(i, system.url(ports[i % 2], users[i]), ids[i]) for i in range(sizes.bots)]
     setup = await _connect(drive, members)
     setup["bots_start_seconds"] = round(time.monotonic() - started, 2)
-    step = await drive.step(
-        1,
-        list(range(sizes.bots)),
-        sizes.bot_rate,
-        sizes.bot_seconds,
-        dict.fromkeys(ids, 1),
-        drain_idle=sizes.drain_idle,
-    )
-    summary = _summary(step, [step], setup["rss_per_conn_kb"])
+    senders = list(range(sizes.bots))
+    steps = [
+        await drive.step(number, senders, rate, sizes.bot_seconds, dict.fromkeys(ids, 1), drain_idle=sizes.drain_idle)
+        for number, rate in enumerate(sizes.bot_rates, start=1)
+    ]
+    # the summary is the highest rate; the steps show how reply time and worker CPU move with the rate
+    summary = _summary(steps[-1], steps, setup["rss_per_conn_kb"])
     for key in ("reply_p50_ms", "reply_p99_ms", "reply_max_ms", "worker_cpu_us_per_reply"):
-        summary[key] = step.get(key)
-    return {"summary": summary, "setup": setup, "steps": [step]}
+        summary[key] = steps[-1].get(key)
+    summary["bot_rate"] = steps[-1]["rate"]
+    return {"summary": summary, "setup": setup, "steps": steps}
 
 
 Scenario = Callable[[System, Drive, Sizes], Awaitable[dict[str, Any]]]

@@ -36,5 +36,14 @@ def test_quick_run_delivers_everything(tmp_path: Path) -> None:
     for scenario in SCENARIOS[:3]:
         assert "summary" in data["results"][scenario]["bare"], data["results"][scenario]["bare"]
     assert data["ratios"]["fanout"]["bare"]["server_cpu_us_per_delivery"] > 0
-    assert "| `ours` |" in (tmp_path / "results.md").read_text()
+    for system in ("ours", "bare"):
+        scale = data["results"]["scale"][system]
+        assert [run["nodes"] for run in scale["runs"]] == [2, 3], scale
+        assert [len(run["cost"]["node_cpu_pct"]) for run in scale["runs"]] == [2, 3], scale
+        assert scale["summary"]["cpu_ratio"] > 0, scale["summary"]
+    assert data["results"]["scale"]["ours"]["summary"]["lost"] == 0, data["results"]["scale"]["ours"]
+    assert data["results"]["scale"]["ours"]["summary"]["duplicated"] == 0, data["results"]["scale"]["ours"]
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| `ours` |" in markdown
+    assert "## scale" in markdown
     assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG")
