@@ -17,6 +17,7 @@ from gateway.node import Node, user_ref
 from gateway.session import change_bot_state
 from shared import kinds, protocol
 from shared.broker import BrokerUnavailable, InboxFull
+from shared.control import Evict, Revoke
 from shared.errors import ChatError, ErrorCode
 from shared.models import MAX_BOT_NAME, Bot
 
@@ -138,7 +139,7 @@ async def delete_bot(request: web.Request) -> web.Response:
     bot = await _bot(request, manage=True)
     node = request.app[NODE]
     await node.broker.registry.delete(bot.id)
-    await node.control({"op": "evict", "room": bot.id})
+    await node.control(Evict(bot.id))
     return web.Response(status=204)
 
 
@@ -156,7 +157,7 @@ async def remove_member(request: web.Request) -> web.Response:
     node = request.app[NODE]
     await node.broker.registry.remove_member(bot.id, user)
     if user != bot.owner:
-        await node.control({"op": "evict", "room": bot.id, "user": user})
+        await node.control(Evict(bot.id, user))
     return web.Response(status=204)
 
 
@@ -235,5 +236,5 @@ async def revoke_user(request: web.Request) -> web.Response:
         raise ChatError(ErrorCode.FORBIDDEN, "revoking needs the admin role")
     user = _user(request)
     await node.broker.revocations.revoke(user, time.time(), REVOCATION_TTL)
-    await node.control({"op": "revoke", "user": user})
+    await node.control(Revoke(user))
     return web.Response(status=204)

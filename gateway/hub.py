@@ -15,8 +15,9 @@ from typing import Protocol
 
 from gateway.connection import Connection
 from gateway.wire import text_frame
-from shared import protocol
+from shared import packets, protocol
 from shared.broker import FanOut, History
+from shared.packets import Packet
 
 log = logging.getLogger(__name__)
 UNSUBSCRIBE_DELAY = 1.0
@@ -36,19 +37,23 @@ class Hub:
         self._unsubscribe_timers: dict[str, asyncio.TimerHandle] = {}
         self._observer = observer
         self.last_ids: dict[str, str] = {}  # newest message id delivered per room, to fill gaps after a reconnect
-        self._recovering: dict[str, list[bytes]] = {}  # rooms catching up: live packets wait here
+        self._recovering: dict[str, list[Packet]] = {}  # rooms catching up: live packets wait here
 
-    def deliver(self, room: str, packet: bytes) -> None:
-        """Write one room event to every local member (the broker's handler; never blocks)."""
+    def deliver(self, room: str, packet: Packet) -> None:
+        """Write one room event to every local member; never blocks.
+
+        Raises BadPacket, having written nothing, when the frame is not one clients can read.
+        """
         members = self.rooms.get(room)
         if not members:
             return
+        message_id, exclude, frame = packet
+        packets.check_frame(frame)
         recovering = self._recovering.get(room)
         if recovering is not None:
             recovering.append(packet)
             return
         started = time.perf_counter()
-        message_id, exclude, frame = protocol.unpack(packet)
         if message_id:
             self.last_ids[room] = message_id
         framed = text_frame(frame)
@@ -124,11 +129,10 @@ class Hub:
             waiting = self._recovering.pop(room)
         newest = last
         for message_id, frame in page.entries:
-            self.deliver(room, protocol.pack(frame, message_id=message_id))
+            self.deliver(room, Packet(message_id, "", frame))
             newest = message_id
         for packet in waiting:
-            message_id = packet[: packet.index(protocol.PACKET_FIELD)].decode()
-            if message_id and not protocol.id_newer(message_id, newest):
+            if packet.message_id and not protocol.id_newer(packet.message_id, newest):
                 continue  # already delivered from history
             self.deliver(room, packet)
         return page.complete

@@ -46,6 +46,17 @@ class GatewayMetrics:
         self.slow_consumers = Counter("chat_slow_consumers", "Clients closed for falling behind", registry=r)
         self.rate_limited = Counter("chat_rate_limited", "Frames and requests refused by a rate limit", registry=r)
         self.ready = Gauge("chat_ready", "1 when this node accepts clients", registry=r)
+        self.pubsub_bad_packets = Counter(
+            "chat_pubsub_bad_packets",
+            "Pub/sub messages dropped because they could not be read or handled, by channel kind and reason",
+            ["channel", "reason"],  # channel: room, control, probe; reason: malformed, unknown, failed
+            registry=r,
+        )
+        self.pubsub_resets = Counter(
+            "chat_pubsub_resets",
+            "Times the pub/sub link was rebuilt (reconnect, restarted read loop, moved slots) and rooms refilled",
+            registry=r,
+        )
         self._sent: dict[str, Counter] = {}
 
     # -- hooks called from the hot paths: one call per event or per Redis round trip, never per member

@@ -20,14 +20,18 @@ from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import KeyedLimits
 from gateway.typing_timers import TypingTimers
-from shared import protocol
+from shared import control, packets, protocol
 from shared.broker import Broker, BrokerUnavailable
+from shared.control import ControlOperation, Evict, Revoke, UnknownOperation
 from shared.errors import CloseCode, ErrorCode
+from shared.logs import Throttled
+from shared.packets import BadPacket
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 CONTROL_ROOM = "_control"  # not a valid bot id (bots are "b" + hex), so never a chat room
 PROBE_INTERVAL = 5.0
+BAD_PACKET_LOG_INTERVAL = 10.0  # seconds between two warnings of one kind of dropped pub/sub message
 DRAIN_MIN_RATE = 200  # connections handed back per second at least, so small nodes stop quickly
 
 
@@ -58,20 +62,59 @@ class Node:
         self.http_limits = KeyedLimits(settings.http_per_second, max(1.0, 2 * settings.http_per_second))
         self.probe_room = "_probe." + "".join(c if c.isalnum() or c in "_.-" else "-" for c in settings.node_id)[:50]
         self.probe_seen = time.monotonic()
+        self._probe_token = secrets.token_hex(8)  # tells this node's probes from anything else on its channel
+        self._probe_sent = 0  # sequence number of the last probe published
+        self._probe_answered = 0  # highest sequence number that came back
+        self._probe_wanted = 0  # the node is not ready until a probe of at least this number came back
+        self._bad_packet_log = Throttled(log, BAD_PACKET_LOG_INTERVAL)
         self.verifier_secret: str | None = None  # HS256 key the dev login signs with, when there is one
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def on_event(self, room: str, packet: bytes) -> None:
-        """Every room event this node receives; node control events use reserved rooms."""
-        if room == CONTROL_ROOM:
-            self._control(packet)
-        elif room == self.probe_room:
-            self.probe_seen = time.monotonic()
-        else:
-            self.hub.deliver(room, packet)
+        """Every pub/sub message this node receives (the fan-out's handler). Never raises.
+
+        Anyone who can publish on the Redis can reach these channels, and during a rolling deploy
+        so can nodes of another release: whatever cannot be read or handled is dropped, counted
+        and logged now and then, and the next message is read as if nothing happened.
+        """
+        channel = "control" if room == CONTROL_ROOM else "probe" if room == self.probe_room else "room"
+        try:
+            unpacked = packets.unpack(packet)
+            match channel:
+                case "room":
+                    self.hub.deliver(room, unpacked)
+                case "control":
+                    self._control(control.decode(unpacked.frame))
+                case _:
+                    self._probe_returned(unpacked.frame)
+        except UnknownOperation as exc:
+            self._bad_packet(channel, "unknown", room, str(exc))
+        except BadPacket as exc:
+            self._bad_packet(channel, "malformed", room, str(exc))
+        except Exception as exc:
+            self._bad_packet(channel, "failed", room, repr(exc), exc_info=True)
+
+    def _bad_packet(self, channel: str, reason: str, room: str, problem: str, *, exc_info: bool = False) -> None:
+        self.metrics.pubsub_bad_packets.labels(channel, reason).inc()
+        # the room names the channel; the packet itself is never logged (it may be large, or anyone's)
+        self._bad_packet_log.warning(
+            f"{channel}:{reason}",
+            "dropped a pub/sub message on %s (%s): %s",
+            room[:100],
+            reason,
+            problem[:200],
+            exc_info=exc_info,
+        )
 
     def on_gap(self) -> None:
-        """The broker link came back: fill every local room from history before live events go on."""
+        """The pub/sub link was rebuilt: fill every local room from history before live events go on.
+
+        Until a probe sent after this comes back the node is not ready: a link that was rebuilt
+        proves nothing until a message has made the whole round trip on it.
+        """
+        self.metrics.pubsub_resets.inc()
+        self._probe_wanted = self._probe_sent + 1
+        self.spawn(self.send_probe())
         for room in list(self.hub.rooms):
             self.spawn(self._catch_up(room))
 
@@ -93,22 +136,22 @@ class Node:
         await self.broker.fanout.subscribe(self.probe_room)
         self.probe_seen = time.monotonic()
 
-    async def control(self, operation: dict[str, Any]) -> None:
+    async def control(self, operation: ControlOperation) -> None:
         """Tell every node to act on users' connections (revocation, removal from a room)."""
-        await self.broker.fanout.publish(CONTROL_ROOM, protocol.pack(protocol.encode(operation)))
+        await self.broker.fanout.publish(CONTROL_ROOM, packets.pack(control.encode(operation)))
 
-    def _control(self, packet: bytes) -> None:
-        _, _, frame = protocol.unpack(packet)
-        operation = orjson.loads(frame)
-        user, room = operation.get("user"), operation.get("room")
-        for connection in list(self.connections.values()):
-            if user is not None and connection.user != user:
-                continue
-            if operation.get("op") == "revoke":
-                connection.send(protocol.error_frame(ErrorCode.UNAUTHORIZED, "your access was revoked"))
-                connection.close(CloseCode.AUTH, "revoked")
-            elif operation.get("op") == "evict" and (room in connection.rooms or room in connection.pending):
-                self._evict(connection, room)
+    def _control(self, operation: ControlOperation) -> None:
+        match operation:
+            case Revoke(user=user):
+                for connection in [c for c in self.connections.values() if c.user == user]:
+                    connection.send(protocol.error_frame(ErrorCode.UNAUTHORIZED, "your access was revoked"))
+                    connection.close(CloseCode.AUTH, "revoked")
+            case Evict(room=room, user=user):
+                for connection in list(self.connections.values()):
+                    if user is not None and connection.user != user:
+                        continue
+                    if room in connection.rooms or room in connection.pending:
+                        self._evict(connection, room)
 
     def _evict(self, connection: Connection, room: str) -> None:
         connection.rooms.discard(room)
@@ -117,13 +160,28 @@ class Node:
         self.spawn(self.leave_room(room, connection))
 
     async def probe(self) -> None:
-        """Publish to this node's probe channel so a deaf pub/sub connection shows in readiness."""
+        """Publish to this node's probe channel every few seconds, so a deaf pub/sub link shows in readiness."""
         while True:
             await asyncio.sleep(PROBE_INTERVAL)
-            await self.publish(self.probe_room, b"{}")
+            await self.send_probe()
+
+    async def send_probe(self) -> None:
+        self._probe_sent += 1
+        frame = protocol.encode({"type": "probe", "node": self._probe_token, "seq": self._probe_sent})
+        await self.publish(self.probe_room, frame)
+
+    def _probe_returned(self, frame: bytes) -> None:
+        probe = orjson.loads(frame)
+        seq = probe.get("seq") if isinstance(probe, dict) else None
+        if not isinstance(seq, int) or probe.get("node") != self._probe_token:
+            raise BadPacket("not a probe this node sent")
+        self.probe_seen = time.monotonic()
+        self._probe_answered = max(self._probe_answered, seq)
 
     def pubsub_healthy(self) -> bool:
-        return time.monotonic() - self.probe_seen < 3 * PROBE_INTERVAL
+        """True while this node's own probes come back, and one came back since the link was last rebuilt."""
+        recent = time.monotonic() - self.probe_seen < 3 * PROBE_INTERVAL
+        return recent and self._probe_answered >= self._probe_wanted
 
     # -- connections ---------------------------------------------------------------------
     def at_capacity(self, user: str) -> bool:
@@ -185,7 +243,7 @@ class Node:
     async def publish(self, room: str, frame: bytes, *, exclude: str = "") -> None:
         """Publish an event that is not kept in history; losing it is harmless, so failures are logged."""
         try:
-            await self.broker.fanout.publish(room, protocol.pack(frame, exclude_user=exclude))
+            await self.broker.fanout.publish(room, packets.pack(frame, exclude_user=exclude))
         except (BrokerUnavailable, OSError) as exc:
             self.metrics.redis_errors.inc()
             log.warning("could not publish an event: %s", exc)

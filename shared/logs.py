@@ -46,3 +46,34 @@ def configure(level: str, fmt: str, node: str) -> None:
     root.setLevel(level)
     # aiohttp's access log would print query strings, and with them tokens; ours leaves them out
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class Throttled:
+    """A logger's warnings, at most one per key every ``interval`` seconds, each saying how many were held back.
+
+    For failures that outside input can repeat at will (junk on a pub/sub channel): logging each
+    one would let the input flood the logs.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float, clock: Any = time.monotonic) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock  # injectable so tests need not wait
+        self._last: dict[str, float] = {}  # key -> when its last line was logged
+        self._held: dict[str, int] = {}  # key -> lines not logged since then
+
+    def warning(self, key: str, message: str, *args: Any, exc_info: Any = None) -> bool:
+        """Log ``message % args`` unless ``key`` was logged less than ``interval`` ago; True if it was logged."""
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        if len(self._last) > 1000:  # keys come from outside: keep the table bounded
+            self._last.clear()
+            self._held.clear()
+        held = self._held.pop(key, 0)
+        self._last[key] = now
+        suffix = f" ({held} more like it not logged)" if held else ""
+        self.logger.warning(message + suffix, *args, exc_info=exc_info)
+        return True

@@ -4,10 +4,7 @@ Client frames are decoded once into small frozen dataclasses that the session ma
 Server frames are encoded with orjson straight to bytes, because the gateway writes the same
 bytes to every member of a room.
 
-A room event travels between processes as a *packet*: ``<message id> US <excluded user> LF
-<frame>``. The header lets a node merge replayed history with live events by id and skip the
-sender's own typing and presence frames without decoding JSON; the frame after the newline is
-exactly what clients receive.
+Between processes a server frame travels inside a *packet* (:mod:`shared.packets`).
 """
 
 from __future__ import annotations
@@ -26,8 +23,6 @@ PROTOCOL_VERSION = 1
 ROOM_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\Z")
 MESSAGE_ID = re.compile(r"^[0-9]{1,15}-[0-9]{1,10}\Z")
 MAX_REF_LENGTH = 64
-PACKET_FIELD = b"\x1f"
-PACKET_END = b"\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,19 +263,3 @@ def id_newer(a: str, b: str) -> bool:
     a_ms, _, a_seq = a.partition("-")
     b_ms, _, b_seq = b.partition("-")
     return (int(a_ms), int(a_seq)) > (int(b_ms), int(b_seq))
-
-
-# -- packets: a frame plus the routing header nodes read --------------------------------------
-
-
-def pack(frame: bytes, *, message_id: str = "", exclude_user: str = "") -> bytes:
-    """Wrap a frame for pub/sub. ``exclude_user``'s connections do not receive it."""
-    return b"".join((message_id.encode(), PACKET_FIELD, exclude_user.encode(), PACKET_END, frame))
-
-
-def unpack(packet: bytes) -> tuple[str, str, bytes]:
-    """Split a packet into (message id or "", excluded user or "", frame bytes)."""
-    end = packet.index(PACKET_END)
-    header = packet[:end]
-    sep = header.index(PACKET_FIELD)
-    return header[:sep].decode(), header[sep + 1 :].decode(), packet[end + 1 :]

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from shared import protocol
+from shared import packets, protocol
 from shared.broker.base import BrokerUnavailable, FanOut
 from shared.broker.queue import Request
 from shared.models import Bot
@@ -36,7 +36,7 @@ def status_packet(room: str, message_id: str, state: str, detail: str | None = N
     frame: dict[str, Any] = {"type": "status", "room": room, "message_id": message_id, "state": state}
     if detail:
         frame["detail"] = detail
-    return protocol.pack(protocol.encode(frame))
+    return packets.pack(protocol.encode(frame))
 
 
 class RoomEvents:
@@ -68,11 +68,11 @@ class RoomEvents:
 
     def typing(self, bot: Bot, state: bool) -> asyncio.Task[None]:
         frame = {"type": "typing", "room": bot.id, "from": bot_sender(bot), "state": state}
-        return self.send(bot.id, protocol.pack(protocol.encode(frame)))
+        return self.send(bot.id, packets.pack(protocol.encode(frame)))
 
     def delta(self, room: str, reply_to: str, text: str) -> asyncio.Task[None]:
         frame = {"type": "delta", "room": room, "reply_to": reply_to, "text": text}
-        return self.send(room, protocol.pack(protocol.encode(frame)))
+        return self.send(room, packets.pack(protocol.encode(frame)))
 
     async def flush(self) -> None:
         """Wait until everything started so far is over (the worker stops: the broker closes next)."""

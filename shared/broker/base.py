@@ -15,7 +15,10 @@ from typing import Protocol
 from shared.models import Bot, BotStatus
 
 EventHandler = Callable[[str, bytes], None]
-"""Called with (room, packet) for every event of a subscribed room; must not block."""
+"""Called with (room, packet) for every event of a subscribed room; must not block.
+
+Whatever it raises is logged (rate-limited, with the room only) and that event is dropped; the
+fan-out goes on delivering. Both implementations keep this, and the contract suite checks it."""
 
 
 class BrokerUnavailable(Exception):
@@ -53,10 +56,12 @@ class PresenceChange:
 class FanOut(Protocol):
     """Room events across nodes. A node subscribes to a room while it has local members."""
 
-    def set_handler(self, handler: EventHandler) -> None: ...
+    def set_handler(self, handler: EventHandler) -> None:
+        """The one handler of every event of every subscribed room (see :data:`EventHandler`)."""
 
     def set_gap_handler(self, handler: Callable[[], None]) -> None:
-        """``handler`` is called when events may have been missed (the link to Redis came back)."""
+        """``handler`` is called when events may have been missed: the link to Redis came back, its
+        read loop was restarted, or cluster channels moved. Every subscription is in place again then."""
 
     async def subscribe(self, room: str) -> None: ...
 

@@ -8,15 +8,19 @@ event loop after ``publish`` returns, as they would behind Redis.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from shared import protocol
+from shared import packets, protocol
 from shared.broker.base import Appended, EventHandler, HistoryPage, InboxFull, PresenceChange
+from shared.logs import Throttled
 from shared.models import Bot, BotStatus
 from shared.settings import Settings
+
+log = logging.getLogger(__name__)
 
 WANTED_RUNNING = (BotStatus.STARTING, BotStatus.RUNNING)
 
@@ -68,7 +72,7 @@ class MemoryStore:
         loop = asyncio.get_running_loop()
         for fanout in self.fanouts:
             if room in fanout.rooms and fanout.handler is not None:
-                loop.call_soon(fanout.handler, room, packet)
+                loop.call_soon(fanout.call_handler, fanout.handler, room, packet)
 
     def notify_control(self) -> None:
         for event in self.control:
@@ -80,10 +84,19 @@ class MemoryFanOut:
         self.store = store
         self.rooms: set[str] = set()
         self.handler: EventHandler | None = None
+        self._failure_log = Throttled(log, 10.0)
         store.fanouts.append(self)
 
     def set_handler(self, handler: EventHandler) -> None:
         self.handler = handler
+
+    def call_handler(self, handler: EventHandler, room: str, packet: bytes) -> None:
+        try:
+            handler(room, packet)
+        except Exception:  # one event's loss, as on Redis (see EventHandler)
+            self._failure_log.warning(
+                room, "pub/sub handler failed on an event of %s; dropped it", room[:100], exc_info=True
+            )
 
     def set_gap_handler(self, handler: Callable[[], None]) -> None:
         """Nothing is ever missed in one process."""
@@ -124,7 +137,7 @@ class MemoryHistory:
         bot = self.store.bots.get(room)
         queued = request and (bot is None or bot.status is not BotStatus.RUNNING)
         live = protocol.compose_message(message_id, tail, queued=True) if queued else frame
-        self.store.deliver(room, protocol.pack(live, message_id=message_id))
+        self.store.deliver(room, packets.pack(live, message_id=message_id))
         if request:
             self.store.inbox(room).add({"m": message_id.encode(), "f": frame})
         return Appended(message_id, protocol.message_ts(message_id), queued=queued)
@@ -253,7 +266,7 @@ class MemoryBotRegistry:
             return None
         was_wanted = bot.status in WANTED_RUNNING
         bot = self.store.bots[bot_id] = bot.with_status(status, error)
-        self.store.deliver(bot_id, protocol.pack(bot.status_frame(now_ms())))
+        self.store.deliver(bot_id, packets.pack(bot.status_frame(now_ms())))
         if was_wanted != (status in WANTED_RUNNING):
             self.store.notify_control()
         return bot

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -21,11 +22,16 @@ from redis.exceptions import AskError, MovedError, RedisClusterException, RedisE
 
 from shared.broker.base import BrokerUnavailable
 from shared.broker.redis_link import LINK_ERRORS, Client, RedisTarget
+from shared.logs import Throttled
 
 log = logging.getLogger(__name__)
 CONFIRM_TIMEOUT = 10.0
+RESTART_CALM = 10.0  # a read loop that ran this long before dying is restarted without a pause
+HANDLER_LOG_INTERVAL = 10.0  # seconds between two warnings of failing handlers on one channel
 MessageHandler = Callable[[bytes, bytes], None]
-"""Called with (channel, data) for every message of a subscribed channel; must not block."""
+"""Called with (channel, data) for every message of a subscribed channel; must not block.
+
+What it raises is counted and logged, and the message is dropped: one bad message never ends the read loop."""
 
 
 class _PubSub(aioredis.client.PubSub):
@@ -66,6 +72,9 @@ class _Link:
         # redis-py's PubSub opens a connection per concurrent first command; only the last is read
         self._commands = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False  # set by close(): a read loop that ends then is not restarted
+        self._restarted = -RESTART_CALM  # when the read loop was last restarted (monotonic)
+        self._restart_delay = 0.0
 
     def channels(self) -> dict[Any, Any]:
         """The channels redis-py tracks on this connection (and subscribes again after a reconnect)."""
@@ -78,7 +87,26 @@ class _Link:
             else:
                 await self.pubsub.subscribe(channel)
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._read(), name=f"redis-pubsub {self.name}")
+            self._start_reading()
+
+    def _start_reading(self, *, rebuild: bool = False) -> None:
+        task = asyncio.get_running_loop().create_task(self._read(rebuild=rebuild), name=f"redis-pubsub {self.name}")
+        task.add_done_callback(self._reading_ended)
+        self._task = task
+
+    def _reading_ended(self, task: asyncio.Task[None]) -> None:
+        """Restart a read loop that died: a node whose loop is gone would hear nothing, and say nothing of it."""
+        if task.cancelled() or task.exception() is None or self._closed:
+            return
+        log.error("pub/sub read loop of %s died; restarting it", self.name or "redis", exc_info=task.exception())
+        self.owner.restarts += 1
+        now = time.monotonic()
+        # at once the first time; a loop that keeps dying is restarted with a growing pause, not in a hot loop
+        self._restart_delay = (
+            0.0 if now - self._restarted > RESTART_CALM else min(5.0, max(0.1, 2 * self._restart_delay))
+        )
+        self._restarted = now
+        self._start_reading(rebuild=True)
 
     async def unsubscribe(self, channel: bytes) -> None:
         async with self._commands:
@@ -91,7 +119,16 @@ class _Link:
         """Stop tracking a channel the server no longer holds for us (its slot moved, or the node died)."""
         self.channels().pop(channel, None)
 
-    async def _read(self) -> None:
+    async def _read(self, *, rebuild: bool = False) -> None:
+        """Read and dispatch until nothing is subscribed; errors of the link are retried here, others end the task."""
+        if rebuild:
+            if self._restart_delay:
+                await asyncio.sleep(self._restart_delay)
+            # the dead loop may have left a reply half read: start on a fresh connection, which
+            # subscribes every tracked channel again and reports the gap (see _PubSub.on_connect)
+            connection = self.pubsub.connection
+            if connection is not None:
+                await connection.disconnect()
         backoff = 0.1
         while self.pubsub.subscribed:  # with nothing left to read, the next subscribe starts a new reader
             try:
@@ -112,7 +149,10 @@ class _Link:
                 continue
             backoff = 0.1
             if message is not None:
-                self._dispatch(message)
+                try:
+                    self._dispatch(message)
+                except Exception:  # a handler's failure is one message's loss, never the loop's end
+                    self.owner.handler_failed(message.get("channel"))
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind, channel = message["type"], message["channel"]
@@ -126,6 +166,7 @@ class _Link:
             self.owner.trouble()
 
     async def close(self) -> None:
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -149,6 +190,9 @@ class Subscriber:
         self.on_message = on_message
         self.sharded = sharded  # SSUBSCRIBE instead of SUBSCRIBE
         self.on_gap: Callable[[], None] | None = None
+        self.restarts = 0  # read loops that died of an unexpected error and were started again
+        self.handler_failures = 0  # messages whose handler raised (dropped; the loop went on)
+        self._failure_log = Throttled(log, HANDLER_LOG_INTERVAL)
         self._wanted: set[bytes] = set()  # every channel subscribed or subscribing
         self._where: dict[bytes, str] = {}  # channel -> name of the link that holds it
         self._links: dict[str, _Link] = {}
@@ -195,6 +239,14 @@ class Subscriber:
         confirmation = self._confirmations.pop(channel, None)
         if confirmation is not None and not confirmation.done():
             confirmation.set_result(None)
+
+    def handler_failed(self, channel: object) -> None:
+        """The handler raised on a message of ``channel``: count it, and log it now and then with the channel only."""
+        self.handler_failures += 1
+        name = channel.decode(errors="replace") if isinstance(channel, bytes) else str(channel)
+        self._failure_log.warning(
+            name, "pub/sub handler failed on a message of %s; dropped it", name[:100], exc_info=True
+        )
 
     def reconnected(self) -> None:
         # redis-py has resubscribed the connection's channels; events published meanwhile were lost

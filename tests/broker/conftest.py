@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from shared import protocol
+from shared import packets
 from shared.broker.base import BotRegistry, FanOut, History, Presence
 from shared.keys import Keys
 from shared.settings import Settings
@@ -52,7 +52,7 @@ class Node:
         self.fanout.set_handler(self._handle)
 
     def _handle(self, room: str, packet: bytes) -> None:
-        self.events.put_nowait(Event(room, *protocol.unpack(packet)))
+        self.events.put_nowait(Event(room, *packets.unpack(packet)))
 
     async def next_event(self) -> Event:
         """The next event this node received; fails the test when none comes in time."""

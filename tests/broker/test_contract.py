@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from typing import Any
 
 import orjson
 import pytest
 
-from shared import protocol
+from shared import packets, protocol
+from shared.broker.redis import RedisFanOut
 from shared.broker.redis_link import CommandPipe
 from shared.models import Bot, BotStatus
 from tests.broker.conftest import TIMEOUT, Event, MakeNodes, Node
@@ -30,7 +32,7 @@ def tail(room: str, text: str, reply_to: str | None = None) -> bytes:
 
 
 def ephemeral(text: str) -> bytes:
-    return protocol.pack(protocol.encode({"type": "typing", "text": text}))
+    return packets.pack(protocol.encode({"type": "typing", "text": text}))
 
 
 def ids(entries: list[tuple[str, bytes]]) -> list[str]:
@@ -74,7 +76,7 @@ async def test_publish_reaches_subscribers_on_every_node(make_nodes: MakeNodes) 
     first, second = make_nodes(2)
     await first.fanout.subscribe("lobby")
     await second.fanout.subscribe("lobby")
-    packet = protocol.pack(b'{"type":"typing"}', exclude_user="bob")
+    packet = packets.pack(b'{"type":"typing"}', exclude_user="bob")
     await first.fanout.publish("lobby", packet)
     for node in (first, second):
         event = await assert_next(node, "lobby", b'{"type":"typing"}')
@@ -160,6 +162,19 @@ async def test_resubscribe_after_the_last_room_left(make_nodes: MakeNodes) -> No
         assert listener.fanout.subscriptions() == 0
     # the loop must stay responsive once nothing is subscribed
     await asyncio.wait_for(publisher.history.last_id("flapping"), TIMEOUT)
+
+
+async def test_a_handler_that_raises_loses_only_that_event(make_nodes: MakeNodes) -> None:
+    """An event whose handler raises is dropped; later events of that room and of others still arrive."""
+    listener, publisher = make_nodes(2)
+    await listener.fanout.subscribe("lobby")
+    await listener.fanout.subscribe("hall")
+    for junk in (b"not a packet", b"", b"1-1x\x1f\n{}"):  # the test handler raises BadPacket on each
+        await publisher.fanout.publish("lobby", junk)
+    await publisher.fanout.publish("hall", ephemeral("after junk"))
+    await publisher.fanout.publish("lobby", ephemeral("lobby after junk"))
+    await assert_next(listener, "hall", protocol.encode({"type": "typing", "text": "after junk"}))
+    await assert_next(listener, "lobby", protocol.encode({"type": "typing", "text": "lobby after junk"}))
 
 
 async def test_subscriptions_counts_rooms(make_nodes: MakeNodes) -> None:
@@ -600,3 +615,35 @@ async def test_full_inbox_refuses_a_request_and_stores_nothing(make_nodes: MakeN
     assert await node.history.last_id("swamped") == kept[-1].id
     plain = await node.history.append("swamped", tail("swamped", "a note is not a request"))
     assert await node.history.last_id("swamped") == plain.id
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_a_read_loop_that_dies_is_restarted_and_reports_a_gap(make_nodes: MakeNodes) -> None:
+    """An unexpected error inside the pub/sub read loop restarts it on a new connection; delivery goes on."""
+    listener, publisher = make_nodes(2)
+    fanout = listener.fanout
+    assert isinstance(fanout, RedisFanOut)
+    gaps = asyncio.Event()
+    fanout.set_gap_handler(gaps.set)
+    await fanout.subscribe("lobby")
+    link = next(iter(fanout._subscriber._links.values()))
+    real_get_message = link.pubsub.get_message
+    failed = False
+
+    async def get_message_failing_once(**options: Any) -> Any:
+        nonlocal failed
+        if not failed:
+            failed = True
+            raise RuntimeError("a reader bug")  # no error the loop expects: it ends the task
+        return await real_get_message(**options)
+
+    link.pubsub.get_message = get_message_failing_once  # type: ignore[method-assign]
+    await publisher.fanout.publish("lobby", ephemeral("wakes the reader"))
+    await asyncio.wait_for(gaps.wait(), TIMEOUT)
+    assert failed
+    assert fanout._subscriber.restarts == 1
+    await publisher.fanout.publish("lobby", ephemeral("after the restart"))
+    while (event := await listener.next_event()).frame != protocol.encode(
+        {"type": "typing", "text": "after the restart"}
+    ):
+        assert event.room == "lobby"  # the first event may or may not have been read before the failure

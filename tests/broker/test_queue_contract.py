@@ -12,7 +12,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from shared import protocol
+from shared import packets
 from shared.broker.memory import MemoryFanOut, MemoryStore
 from shared.broker.memory_queue import MemoryBotQueue
 from shared.broker.queue import BotQueue, GroupMissing
@@ -194,16 +194,16 @@ async def test_ack_after_the_reply_waits_for_it_and_announces_once(harness: Harn
     first = await enqueue(q, BOT, "one")
     second = await enqueue(q, BOT, "two")
     [request] = await q.read("w1", [BOT], block=0)
-    done = protocol.pack(b'{"type":"status","state":"done"}')
-    assert not await q.ack(request, reply_stored=True, announce=protocol.pack(b'{"early":true}'))
+    done = packets.pack(b'{"type":"status","state":"done"}')
+    assert not await q.ack(request, reply_stored=True, announce=packets.pack(b'{"early":true}'))
     assert await q.pending(BOT) == 1
     await harness.mark_answered(BOT, first)
     assert await q.ack(request, reply_stored=True, announce=done)
     assert await q.pending(BOT) == 0
-    assert not await q.ack(request, announce=protocol.pack(b'{"again":true}'))  # gone: no second announcement
+    assert not await q.ack(request, announce=packets.pack(b'{"again":true}'))  # gone: no second announcement
     [later] = await q.read("w1", [BOT], block=0)
     assert later.message_id == second
-    last = protocol.pack(b'{"type":"status","state":"last"}')
+    last = packets.pack(b'{"type":"status","state":"last"}')
     assert await q.ack(later, announce=last)  # without reply_stored it needs no reply
 
     async def both_heard() -> bool:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared import protocol
+from shared import packets, protocol
 from shared.errors import ErrorCode, ProtocolError
 from shared.protocol import Auth, BotCommand, Join, Leave, Ping, SendMessage, Typing
 
@@ -211,11 +211,41 @@ def test_composed_messages_are_the_expected_json(
 
 
 @fuzz
-@given(st.binary(max_size=300), st.none() | message_ids | printable, printable)
+@given(st.binary(max_size=300), st.none() | message_ids, printable)
 def test_packets_round_trip(frame: bytes, message_id: str | None, user: str) -> None:
     """unpack(pack(...)) gives back the id, the excluded user and the exact frame bytes."""
-    packet = protocol.pack(frame, message_id=message_id or "", exclude_user=user)
-    assert protocol.unpack(packet) == (message_id or "", user, frame)
+    packet = packets.pack(frame, message_id=message_id or "", exclude_user=user)
+    assert packets.unpack(packet) == (message_id or "", user, frame)
+
+
+@fuzz
+@given(st.binary(max_size=300))
+def test_unpack_reads_a_packet_or_raises_bad_packet(data: bytes) -> None:
+    """Any bytes unpack to a packet whose id is a history id or empty, or raise BadPacket; nothing else."""
+    try:
+        packet = packets.unpack(data)
+    except packets.BadPacket:
+        return
+    assert packet.message_id == "" or protocol.MESSAGE_ID.match(packet.message_id)
+    assert data.endswith(packet.frame)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"not a packet", b"no-separator\n{}", b"abc\x1f\n{}", b"1-1x\x1f\n{}", b"\x1f\xff\xfe\n{}"],
+)
+def test_malformed_packet_headers_raise_bad_packet(data: bytes) -> None:
+    """Packets without a header, with an id that is no history id, or a user that is not UTF-8 are refused."""
+    with pytest.raises(packets.BadPacket):
+        packets.unpack(data)
+
+
+@pytest.mark.parametrize("frame", [b"", b"{", b"[]", b'"x"', b"{}", b'{"type":1}', b"\xff"])
+def test_frames_clients_cannot_read_raise_bad_packet(frame: bytes) -> None:
+    """A frame that is not a JSON object with a string type is never passed on to clients."""
+    with pytest.raises(packets.BadPacket):
+        packets.check_frame(frame)
+    packets.check_frame(b'{"type":"message"}')
 
 
 @fuzz

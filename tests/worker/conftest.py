@@ -15,7 +15,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from shared import protocol
+from shared import packets, protocol
 from shared.broker import Broker, make_broker
 from shared.models import Bot, BotStatus
 from shared.settings import Settings
@@ -40,7 +40,7 @@ class Rig:
         broker.fanout.set_handler(self._record)
 
     def _record(self, room: str, packet: bytes) -> None:
-        self.frames[room].append(orjson.loads(protocol.unpack(packet)[2]))
+        self.frames[room].append(orjson.loads(packets.unpack(packet)[2]))
         self._arrived.set()
 
     async def until(self, predicate: Callable[[], Any], what: str, timeout: float = 10) -> Any:
