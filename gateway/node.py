@@ -171,7 +171,10 @@ class Node:
         await self.publish(self.probe_room, frame)
 
     def _probe_returned(self, frame: bytes) -> None:
-        probe = orjson.loads(frame)
+        try:
+            probe = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            raise BadPacket("the probe is not JSON") from None
         seq = probe.get("seq") if isinstance(probe, dict) else None
         if not isinstance(seq, int) or probe.get("node") != self._probe_token:
             raise BadPacket("not a probe this node sent")

@@ -123,3 +123,56 @@ async def test_access_log_never_prints_tokens(
     assert token not in log
     assert token.split(".")[2] not in log
     assert "/ws?token=%5Bredacted%5D" in log or "/ws?token=[redacted]" in log
+
+
+JUNK = [
+    b"",  # an empty message
+    b"not a packet",
+    b"1700000000000-0\x1f",  # a truncated packet: no end of header
+    b"\x1f\n{not json",  # a packet whose frame is not JSON
+    b'\x1f\n["valid", "json", "of the wrong shape"]',
+    b'\x1f\n{"type": 7}',
+    b'1-1x\x1f\n{"type":"message"}',  # an id that is not a history id
+    b'\x1f\n{"v": 99, "op": "revoke", "user": "bob"}',  # a control operation of a later version
+    b'\x1f\n{"op": "reboot"}',  # an operation this release does not know
+]
+
+
+async def test_junk_on_every_channel_deafens_no_node(
+    nodes: tuple[GatewayNode, GatewayNode], session: aiohttp.ClientSession, redis_server: RedisServer
+) -> None:
+    """Junk on room, control and probe channels is dropped and counted; chat flows both ways, nodes stay ready."""
+    a, b = nodes
+    bot = await create_bot(session, a.url, "alice", ["bob"])
+    alice = await ChatSocket.connect(session, a.url, make_token("alice"))
+    bob = await ChatSocket.connect(session, b.url, make_token("bob"))
+    await alice.join(bot)
+    await bob.join(bot)
+    keys = Keys("chat")
+    channels = [keys.channel(bot), keys.channel("_control")]
+    channels += [keys.channel(f"_probe.{node.node_id}") for node in (a, b)]
+    client = redis.Redis(port=redis_server.port)
+    try:
+        for channel in channels:
+            for junk in JUNK:
+                client.publish(channel, junk)
+    finally:
+        client.close()
+    for sender, receiver in ((alice, bob), (bob, alice)):
+        ack = await sender.request({"type": "message", "room": bot, "text": "still here"}, "ack")
+        assert (await receiver.expect("message", id=ack["id"], timeout=1))["text"] == "still here"
+    assert not [f for f in bob.seen if f["type"] == "error"]  # bob was not revoked by the v99 operation
+    for node in (a, b):
+        async with session.get(f"{node.url}/readyz") as response:
+            assert response.status == 200, await response.text()
+        async with session.get(f"{node.url}/metrics") as response:
+            text = await response.text()
+        dropped = {
+            line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("chat_pubsub_bad_packets_total{")
+        }
+        assert dropped['channel="room",reason="malformed"'] == len(JUNK)
+        assert dropped['channel="control",reason="unknown"'] == 3  # type 7 (no op), v99, reboot
+        assert dropped['channel="control",reason="malformed"'] >= 6
+        assert dropped['channel="probe",reason="malformed"'] == len(JUNK)  # its own channel's junk
