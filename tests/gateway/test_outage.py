@@ -87,3 +87,51 @@ async def test_redis_restart_keeps_clients_and_resumes(own_redis: RedisServer, r
             restarted.terminate()
     finally:
         await cluster.close()
+
+
+async def test_a_dead_read_loop_makes_the_node_unready_until_its_probe_returns(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A pub/sub read loop killed by an unexpected error: readyz turns 503, comes back 200, delivery goes on."""
+    cluster = Cluster("redis", redis_url, redis_prefix)
+    try:
+        url_a, url_b = await cluster.node(), await cluster.node()
+        bot = await cluster.bot(url_a, "alice", members=("bob",))
+        alice = await cluster.connect(url_a, "alice")
+        bob = await cluster.connect(url_b, "bob")
+        await alice.join(bot["id"])
+        await bob.join(bot["id"])
+        before = await alice.request({"type": "message", "room": bot["id"], "text": "before"}, "ack")
+        await bob.expect("message", id=before["id"])  # node b now knows the room's last id, to fill a gap from
+        node = cluster.servers[1].app[NODE]
+        subscriber = node.broker.fanout._subscriber
+        link = next(iter(subscriber._links.values()))
+        real_get_message = link.pubsub.get_message
+        state = {"failed": False}
+        statuses: list[int] = []
+
+        async def get_message_failing_once(**options: object) -> object:
+            if not state["failed"]:
+                state["failed"] = True
+                raise RuntimeError("a reader bug")
+            return await real_get_message(**options)
+
+        link.pubsub.get_message = get_message_failing_once
+        unready_until_probe = node._probe_answered
+        first = await alice.request({"type": "message", "room": bot["id"], "text": "wakes the reader"}, "ack")
+        deadline = asyncio.get_running_loop().time() + scaled(10)
+        while not statuses or statuses[-1] != 200 or len(statuses) < 2:
+            async with cluster.session.get(f"{url_b}/readyz") as response:
+                statuses.append(response.status)
+            assert asyncio.get_running_loop().time() < deadline, statuses
+            if statuses[-1] == 503:
+                continue
+            await asyncio.sleep(0.001)
+        assert subscriber.restarts == 1
+        assert node._probe_wanted > unready_until_probe  # the rebuild asked for a new round trip
+        assert (await bob.expect("message", id=first["id"], timeout=5))["text"] == "wakes the reader"
+        second = await alice.request({"type": "message", "room": bot["id"], "text": "after"}, "ack")
+        assert (await bob.expect("message", id=second["id"], timeout=1))["text"] == "after"
+        assert [f["id"] for f in bob.seen if f["type"] == "message"].count(first["id"]) == 1
+    finally:
+        await cluster.close()
