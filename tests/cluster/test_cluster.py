@@ -18,6 +18,7 @@ from shared.keys import Keys
 from shared.settings import Settings, SettingsError
 from tests.cluster.conftest import ChatNodes, ClusterSetup, chat_nodes
 from tests.conftest import make_token
+from tests.junk import JUNK
 from tests.procs import TEST_SECRET, scaled
 from tests.wsclient import ChatSocket
 
@@ -222,3 +223,32 @@ async def test_wake_ends_a_blocked_read_on_a_cluster(queue_on_cluster: QueueOnCl
     await asyncio.sleep(0)
     await queue.wake()
     assert await asyncio.wait_for(read, scaled(5)) == []
+
+
+@pytest.mark.slow
+async def test_junk_on_sharded_channels_deafens_no_node(
+    redis_cluster: ClusterSetup, nodes: ChatNodes, session: aiohttp.ClientSession, redis_prefix: str
+) -> None:
+    """Junk SPUBLISHed on every shard's room channel and on the control channel: chat still flows both ways."""
+    a, b = nodes.a, nodes.b
+    keys = Keys(redis_prefix)
+    rooms = await rooms_on_every_shard(session, a.url, redis_cluster, keys)
+    owner = await ChatSocket.connect(session, a.url, make_token("owner"))
+    bob = await ChatSocket.connect(session, b.url, make_token("bob"))
+    for room in rooms.values():
+        await owner.join(room)
+        await bob.join(room)
+    channels = [keys.channel(room) for room in rooms.values()] + [keys.channel("_control")]
+    for channel in channels:
+        with redis_cluster.client(redis_cluster.owner(channel)) as master:
+            for junk in JUNK:
+                master.execute_command("SPUBLISH", channel, junk)
+    for room in rooms.values():
+        for sender, receiver in ((owner, bob), (bob, owner)):
+            ack = await sender.request({"type": "message", "room": room, "text": "still here"}, "ack")
+            assert (await receiver.expect("message", id=ack["id"], timeout=1))["text"] == "still here"
+    for node in (a, b):
+        async with session.get(f"{node.url}/readyz") as response:
+            assert response.status == 200
+        async with session.get(f"{node.url}/metrics") as response:
+            assert 'chat_pubsub_bad_packets_total{channel="room",reason="malformed"}' in await response.text()

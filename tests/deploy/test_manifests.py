@@ -38,6 +38,8 @@ GATEWAY_METRICS = {
     "chat_auth_failures_total",
     "chat_slow_consumers_total",
     "chat_rate_limited_total",
+    "chat_pubsub_bad_packets_total",
+    "chat_pubsub_resets_total",
     "chat_ready",
 }
 WORKER_METRICS = {

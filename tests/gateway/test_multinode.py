@@ -11,6 +11,7 @@ import redis
 
 from shared.keys import Keys
 from tests.conftest import make_token
+from tests.junk import JUNK
 from tests.procs import GatewayNode, RedisServer, wait_until
 from tests.wsclient import ChatSocket
 
@@ -123,19 +124,6 @@ async def test_access_log_never_prints_tokens(
     assert token not in log
     assert token.split(".")[2] not in log
     assert "/ws?token=%5Bredacted%5D" in log or "/ws?token=[redacted]" in log
-
-
-JUNK = [
-    b"",  # an empty message
-    b"not a packet",
-    b"1700000000000-0\x1f",  # a truncated packet: no end of header
-    b"\x1f\n{not json",  # a packet whose frame is not JSON
-    b'\x1f\n["valid", "json", "of the wrong shape"]',
-    b'\x1f\n{"type": 7}',
-    b'1-1x\x1f\n{"type":"message"}',  # an id that is not a history id
-    b'\x1f\n{"v": 99, "op": "revoke", "user": "bob"}',  # a control operation of a later version
-    b'\x1f\n{"op": "reboot"}',  # an operation this release does not know
-]
 
 
 async def test_junk_on_every_channel_deafens_no_node(
