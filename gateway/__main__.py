@@ -1,4 +1,8 @@
-"""``python -m gateway``: read settings, then serve HTTP and WebSocket until stopped."""
+"""``python -m gateway``: read settings, then serve HTTP and WebSocket until stopped.
+
+This is the composition root: the one gateway module that may import the worker package, to run
+bot workers inside the gateway when no Redis URL is set.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -45,11 +50,27 @@ def main(argv: list[str] | None = None) -> None:
             f"\n  Chat is running. Open this URL in a browser:\n\n    http://{host}:{settings.port}/#token={token}\n"
         )
     try:
-        app = create_app(settings, secret=secret)
+        app = create_app(settings, secret=secret, cleanup_contexts=embedded_workers(settings))
     except SettingsError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     asyncio.run(serve(app, settings, banner))
+
+
+def embedded_workers(settings: Settings) -> list[Callable[[web.Application], AsyncIterator[None]]]:
+    """The single-process mode's bot workers, as a cleanup context of the gateway app (or none)."""
+    if not settings.single_process or settings.in_process_workers == 0:
+        return []
+    from gateway.app import BROKER
+    from gateway.appkeys import METRICS
+    from worker import embedded
+
+    async def workers(app: web.Application) -> AsyncIterator[None]:
+        # the same in-memory broker as the node's, and the gateway's /metrics shows the workers' figures
+        async with embedded.running(settings, app[BROKER], app[METRICS].registry, settings.in_process_workers):
+            yield
+
+    return [workers]
 
 
 async def serve(app: web.Application, settings: Settings, banner: str | None) -> None:

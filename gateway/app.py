@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -29,10 +29,24 @@ STATIC = resources.files("gateway").joinpath("static")
 BROKER = web.AppKey("broker", Broker)
 
 
+# aiohttp's cleanup-context shape: code before the ``yield`` starts something, code after stops it
+CleanupContext = Callable[[web.Application], AsyncIterator[None]]
+
+
 def create_app(
-    settings: Settings, *, broker: Broker | None = None, secret: str | None = None, store: Any = None
+    settings: Settings,
+    *,
+    broker: Broker | None = None,
+    secret: str | None = None,
+    store: Any = None,
+    cleanup_contexts: Sequence[CleanupContext] = (),
 ) -> web.Application:
-    """An unstarted gateway app. ``broker`` or ``store`` let tests run several nodes in one process."""
+    """An unstarted gateway app. ``broker`` or ``store`` let tests run several nodes in one process.
+
+    ``cleanup_contexts`` start after the node's own resources and stop before them, so they may
+    read ``app[BROKER]`` and ``app[METRICS]``; the node reports ready only once they all started.
+    The entry point uses them to run bot workers in the same process.
+    """
     app = web.Application(middlewares=[api.api_errors], client_max_size=1 << 20)
     metrics = GatewayMetrics()
     app[SETTINGS] = settings
@@ -51,12 +65,7 @@ def create_app(
             asyncio.create_task(node.keep_presence(), name="presence"),
             asyncio.create_task(node.probe(), name="probe"),
         ]
-        workers = await _start_in_process_workers(settings, the_broker, metrics.registry)
-        metrics.ready.set(1)
         yield
-        metrics.ready.set(0)
-        for stop in workers:
-            await stop()
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
@@ -65,7 +74,14 @@ def create_app(
         if owned:
             await the_broker.close()
 
+    async def ready_ctx(app: web.Application) -> AsyncIterator[None]:
+        metrics.ready.set(1)
+        yield
+        metrics.ready.set(0)
+
     app.cleanup_ctx.append(resources_ctx)
+    app.cleanup_ctx.extend(cleanup_contexts)
+    app.cleanup_ctx.append(ready_ctx)  # last, so "ready" is set when everything runs and cleared first
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/healthz", healthz)
@@ -96,21 +112,6 @@ async def dev_token(request: web.Request) -> web.Response:
         return json_error(ErrorCode.NOT_FOUND, "dev login needs an HS256 secret")
     token = mint_token(secret, user.strip(), ttl=12 * 3600, name=user.strip())
     return web.json_response({"token": token, "exp": int(time.time()) + 12 * 3600})
-
-
-async def _start_in_process_workers(settings: Settings, broker: Broker, registry: Any) -> list[Any]:
-    """In the single-process mode the bot workers run here, on the same in-memory broker."""
-    if not settings.single_process or settings.in_process_workers == 0:
-        return []
-    from importlib import import_module
-
-    # looked up by name: the gateway package does not depend on the worker package
-    embedded = import_module("worker.embedded")
-    shared_metrics = embedded.create_metrics(registry)  # the workers' figures appear on the gateway's /metrics
-    return [
-        await embedded.start(settings, broker, index, metrics=shared_metrics)
-        for index in range(settings.in_process_workers)
-    ]
 
 
 async def _close_sockets(app: web.Application) -> None:
