@@ -9,7 +9,7 @@ from aiohttp import web
 from gateway.auth import AuthError, Principal, TokenVerifier, token_from_request
 from gateway.metrics import GatewayMetrics
 from shared import protocol
-from shared.broker import BrokerUnavailable, Revocations
+from shared.broker.base import BrokerUnavailable, Revocations
 from shared.errors import ErrorCode
 from shared.settings import Settings
 

@@ -28,7 +28,7 @@ NOT_BLANK = r"\S"  # at least one character that is not white space
 PRINTABLE = r"^[^\x00-\x1f]+$"
 
 JSON = "application/json"
-SECURITY = [{"bearer": []}, {"query_token": []}]
+SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"query_token": []}]
 
 
 def _ref(kind: str, name: str) -> dict[str, str]:

@@ -34,6 +34,7 @@ python3 -m pip install -q --disable-pip-version-check -e ".[test,browser,bench,d
 
 ruff check .
 ruff format --check .
+mypy --strict gateway worker shared
 if [ $all = 1 ]; then
   exec python3 -m pytest -q "$@"
 fi

@@ -38,14 +38,14 @@ class KindCatalog:
             raise ValueError(f"unknown kind {name!r}; this worker has: {', '.join(sorted(self._factories))}")
         try:
             loaded = factory()
-            instance = loaded() if isinstance(loaded, type) else loaded
+            made: object = loaded() if isinstance(loaded, type) else loaded
         except Exception as exc:
             log.exception("bot kind %s failed to load", name)
             raise ValueError(f"kind {name!r} failed to load: {exc}") from exc
-        if not isinstance(instance, BotKind):
+        if not isinstance(made, BotKind):
             raise ValueError(f"kind {name!r} is not a BotKind")
-        self._instances[name] = instance
-        return instance
+        self._instances[name] = made
+        return made
 
     def config_for(self, name: str, config: Mapping[str, object]) -> dict[str, object]:
         """The kind's normalised config; raises ValueError naming what is wrong."""
