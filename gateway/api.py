@@ -9,12 +9,14 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from gateway.appkeys import NODE
 from gateway.auth import Principal
+from gateway.bots import change_bot_state
 from gateway.handshake import authenticate, json_error
-from gateway.node import Node, user_ref
-from gateway.session import change_bot_state
+from gateway.node import Node
+from gateway.session import user_ref
 from shared import kinds, protocol
 from shared.broker import BrokerUnavailable, InboxFull
 from shared.control import Evict, Revoke
@@ -34,7 +36,7 @@ def ok(body: Any, status: int = 200) -> web.Response:
 
 
 @web.middleware
-async def api_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+async def api_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate /api requests and turn failures into JSON errors."""
     if (
         not request.path.startswith("/api/")
@@ -139,7 +141,7 @@ async def delete_bot(request: web.Request) -> web.Response:
     bot = await _bot(request, manage=True)
     node = request.app[NODE]
     await node.broker.registry.delete(bot.id)
-    await node.control(Evict(bot.id))
+    await node.intake.send_control(Evict(bot.id))
     return web.Response(status=204)
 
 
@@ -157,7 +159,7 @@ async def remove_member(request: web.Request) -> web.Response:
     node = request.app[NODE]
     await node.broker.registry.remove_member(bot.id, user)
     if user != bot.owner:
-        await node.control(Evict(bot.id, user))
+        await node.intake.send_control(Evict(bot.id, user))
     return web.Response(status=204)
 
 
@@ -171,13 +173,13 @@ def _user(request: web.Request) -> str:
 @routes.post("/api/bots/{bot}/start")
 async def start_bot(request: web.Request) -> web.Response:
     bot = await _bot(request, manage=True)
-    return ok((await change_bot_state(request.app[NODE], bot, "start")).to_api(), 202)
+    return ok((await change_bot_state(request.app[NODE].broker.registry, bot, "start")).to_api(), 202)
 
 
 @routes.post("/api/bots/{bot}/stop")
 async def stop_bot(request: web.Request) -> web.Response:
     bot = await _bot(request, manage=True)
-    return ok((await change_bot_state(request.app[NODE], bot, "stop")).to_api(), 202)
+    return ok((await change_bot_state(request.app[NODE].broker.registry, bot, "stop")).to_api(), 202)
 
 
 @routes.post("/api/bots/{bot}/messages")
@@ -236,5 +238,5 @@ async def revoke_user(request: web.Request) -> web.Response:
         raise ChatError(ErrorCode.FORBIDDEN, "revoking needs the admin role")
     user = _user(request)
     await node.broker.revocations.revoke(user, time.time(), REVOCATION_TTL)
-    await node.control(Revoke(user))
+    await node.intake.send_control(Revoke(user))
     return web.Response(status=204)

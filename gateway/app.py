@@ -17,6 +17,7 @@ from gateway.appkeys import METRICS, NODE, SETTINGS
 from gateway.auth import TokenVerifier
 from gateway.handshake import json_error
 from gateway.metrics import GatewayMetrics
+from gateway.mint import mint_token
 from gateway.node import Node
 from gateway.openapi import openapi_json
 from gateway.ws import websocket
@@ -60,10 +61,10 @@ def create_app(
         node.verifier_secret = secret or settings.jwt_secret
         app[BROKER] = the_broker
         app[NODE] = node
-        await node.start()
+        await node.intake.start()
         background = [
-            asyncio.create_task(node.keep_presence(), name="presence"),
-            asyncio.create_task(node.probe(), name="probe"),
+            asyncio.create_task(node.upkeep.keep_presence(), name="presence"),
+            asyncio.create_task(node.probe.run(), name="probe"),
         ]
         yield
         for task in background:
@@ -98,8 +99,6 @@ def create_app(
 
 async def dev_token(request: web.Request) -> web.Response:
     """Mint a token for any user name: development only, behind --dev-login."""
-    from gateway.auth import mint_token
-
     secret = request.app[NODE].verifier_secret
     try:
         body = await request.json()
@@ -115,7 +114,7 @@ async def dev_token(request: web.Request) -> web.Response:
 
 
 async def _close_sockets(app: web.Application) -> None:
-    await app[NODE].drain()
+    await app[NODE].connections.drain()
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -124,7 +123,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    if node.draining:
+    if node.connections.draining:
         return web.json_response({"status": "draining"}, status=503)
     try:
         await asyncio.wait_for(node.broker.ping(), 2)

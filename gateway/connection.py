@@ -1,4 +1,8 @@
-"""One client connection: who it is, what it joined, and how bytes reach its socket.
+"""One client connection: its session's effects carried out on a socket.
+
+The :class:`~gateway.session.Session` decides; the connection writes, closes, keeps the one
+timer and hands the effects that need the broker to the :class:`~gateway.carrier.Carrier`,
+feeding their answers back to the session until nothing is left to do.
 
 Room events arrive already framed (see :mod:`gateway.wire`) and are written straight to the
 socket's transport: no task, queue or copy per member. The transport's own buffer is the
@@ -12,34 +16,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
+from gateway import events as ev
+from gateway.session import Session
 from gateway.wire import text_frame
-from shared.errors import CloseCode
 
 if TYPE_CHECKING:
-    from gateway.auth import Principal
+    from gateway.carrier import Carrier
 
 log = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 5.0
 
 
 class Connection:
-    """State of one WebSocket on this node."""
+    """One WebSocket on this node and the session it carries out."""
 
     __slots__ = (
+        "_carrier",
+        "_closing_task",
         "_on_slow",
+        "_timer",
+        "close_reason",
         "closing",
         "compress",
-        "expiry_timer",
-        "id",
         "max_buffer",
-        "pending",
-        "principal",
-        "rooms",
+        "session",
         "transport",
         "user",
         "ws",
@@ -47,29 +54,85 @@ class Connection:
 
     def __init__(
         self,
-        connection_id: str,
-        principal: Principal,
+        session: Session,
         ws: web.WebSocketResponse,
         transport: asyncio.Transport,
+        carrier: Carrier,
         *,
         max_buffer: int,
         compress: bool,
         on_slow: Callable[[Connection], None],
     ) -> None:
-        self.id = connection_id
-        self.principal = principal
-        self.user = principal.user  # cached: compared for every delivered event
+        self.session = session
+        self.user = session.user  # cached: compared for every delivered event
         self.ws = ws
         self.transport = transport
         self.max_buffer = max_buffer
         self.compress = compress
-        self.rooms: set[str] = set()
-        # rooms being joined: live events buffered as (message id, framed bytes) until replay is done
-        self.pending: dict[str, list[tuple[str, bytes]]] = {}
         self.closing = False
-        self.expiry_timer: asyncio.TimerHandle | None = None
+        self.close_reason = ""  # set by whoever closes first; the session's own reason otherwise
+        self._carrier = carrier
         self._on_slow = on_slow
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing_task: asyncio.Task[None] | None = None
 
+    @property
+    def id(self) -> str:
+        return self.session.id
+
+    async def feed(self, event: ev.Event) -> None:
+        """Hand ``event`` to the session and carry out every effect, answers included, in order."""
+        todo = deque(self.session.handle(event, time.time()))
+        while todo:
+            effect = todo.popleft()
+            if not self._carry_out_here(effect):
+                answer = await self._carrier.run(self, effect)
+                if answer is not None:
+                    # an answer's effects come before the ones already waiting: they follow from it
+                    todo.extendleft(reversed(self.session.handle(answer, time.time())))
+
+    async def closed(self) -> None:
+        """The socket is gone: let go of the session's rooms, all at once."""
+        self.cancel_timer()
+        leaving = self.session.handle(ev.Closed(), time.time())
+        await asyncio.gather(*(self._carrier.run(self, effect) for effect in leaving))
+
+    def _carry_out_here(self, effect: ev.Effect) -> bool:
+        """The effects that need only this socket; False for those the carrier runs."""
+        match effect:
+            case ev.Send(frame=frame):
+                self.send(frame)
+            case ev.Write(framed=framed):
+                self.write(framed)
+            case ev.Close(code=code, reason=reason):
+                self.close(code, reason, self.session.close_reason)
+            case ev.Count():
+                self._carrier.count(effect)
+            case ev.Schedule(at=at):
+                self._schedule(at)
+            case _:
+                return False
+        return True
+
+    def _schedule(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(0.0, at - time.time()), self._deadline_reached)
+
+    def _deadline_reached(self) -> None:
+        self._timer = None
+        if not self.closing:
+            # the session answers a deadline with frames, a close or a new deadline: nothing to wait on
+            for effect in self.session.handle(ev.DeadlineReached(), time.time()):
+                self._carry_out_here(effect)
+
+    def cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- the socket --------------------------------------------------------------------------
     def send(self, frame: bytes) -> None:
         """Send one server frame (JSON bytes) to this client."""
         if self.compress:
@@ -98,24 +161,29 @@ class Connection:
         task = asyncio.get_running_loop().create_task(self.ws.send_frame(frame, WSMsgType.TEXT))
         task.add_done_callback(_ignore_result)
 
-    def close(self, code: int, message: str = "") -> asyncio.Task[None]:
-        """Close with ``code``; abort the TCP connection if the close cannot be written in time."""
+    def close(self, code: int, message: str = "", reason: str = "") -> asyncio.Task[None]:
+        """Close with ``code``; abort the TCP connection if the close cannot be written in time.
+
+        ``reason`` is the label the end of the connection is counted under.
+        """
         self.closing = True
-        return asyncio.get_running_loop().create_task(self._close(code, message))
+        if reason and not self.close_reason:
+            self.close_reason = reason
+        task = asyncio.get_running_loop().create_task(self._close(code, message))
+        if self._closing_task is None:
+            self._closing_task = task
+        return task
+
+    async def wait_closed(self) -> None:
+        """Until the close this side started has been written (or the socket aborted)."""
+        if self._closing_task is not None:
+            await asyncio.shield(self._closing_task)
 
     async def _close(self, code: int, message: str) -> None:
         try:
             await asyncio.wait_for(self.ws.close(code=code, message=message.encode()), CLOSE_TIMEOUT)
         except (TimeoutError, ConnectionError, RuntimeError):
             self.transport.abort()
-
-    def buffered(self, room: str, message_id: str, framed: bytes) -> bool:
-        """Keep a live event of a room being joined; False when the room is not being joined."""
-        waiting = self.pending.get(room)
-        if waiting is None:
-            return False
-        waiting.append((message_id, framed))
-        return True
 
 
 def _payload(framed: bytes) -> bytes:
@@ -126,6 +194,3 @@ def _payload(framed: bytes) -> bytes:
 def _ignore_result(task: asyncio.Task[None]) -> None:
     with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
         task.result()
-
-
-SLOW_CONSUMER = CloseCode.POLICY

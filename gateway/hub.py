@@ -61,7 +61,7 @@ class Hub:
         for connection in tuple(members):
             if connection.user == exclude:
                 continue
-            if connection.pending and connection.buffered(room, message_id, framed):
+            if connection.session.pending and connection.session.buffered(room, message_id, framed):
                 continue
             connection.write(framed)
             delivered += 1

@@ -1,218 +1,285 @@
-"""What a connection's frames do: join, leave, message, typing, bot commands, ping, auth.
+"""The protocol state machine of one client connection: events in, effects out. No I/O.
 
-Each handler validates against the connection's state, calls the broker, and answers the
-sender. Errors are raised as :class:`ChatError` and turned into ``error`` frames by the caller,
-so the connection stays open.
+``Session.handle(event, now)`` is all there is. The session holds what the connection is
+(principal, joined rooms, rooms being joined and the live events buffered for them, rate
+limit, token deadline) and decides every frame the client gets; it never touches a socket, a
+timer or the broker. What it needs from the outside world it asks for with an effect, and the
+answer comes back as the next event (see :mod:`gateway.events`). The
+:class:`~gateway.connection.Connection` carries the effects out, so tests drive a session with
+plain values and no event loop, the way websockets tests its ``Protocol``.
+
+Events of one connection are handled one at a time: the connection feeds the answer to an
+effect before it reads the client's next frame, so frames are handled in the order sent.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from gateway.auth import AuthError
-from gateway.connection import Connection
-from gateway.handshake import verify_unrevoked
-from gateway.node import Node, user_ref
+from gateway import events as ev
+from gateway.ratelimit import TokenBucket
 from shared import protocol
-from shared.broker import BrokerUnavailable, InboxFull
+from shared import server_frames as sf
 from shared.errors import ChatError, CloseCode, ErrorCode
-from shared.models import Bot, BotStatus
 from shared.protocol import Auth, BotCommand, ClientFrame, Join, Leave, Ping, SendMessage, Typing
+
+if TYPE_CHECKING:
+    from gateway.auth import Principal
+
+ABUSE_STRIKES = 20  # refused frames in a row before the connection is closed with 4008
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """What a session needs to know about its node; taken from the settings once."""
+
+    node_id: str
+    heartbeat: float
+    max_text_length: int
+    max_rooms: int  # per connection
+    messages_per_second: float
+    messages_burst: float
+    jwt_leeway: float  # the handshake's leeway, so a token accepted there is not closed at once
+    presence_limit: int
+
+
+def user_ref(principal: Principal) -> dict[str, Any]:
+    """The ``from`` object of a user's frames."""
+    ref: dict[str, Any] = {"kind": "user", "id": principal.user}
+    if principal.name:
+        ref["name"] = principal.name
+    return ref
 
 
 class Session:
-    def __init__(self, node: Node, connection: Connection) -> None:
-        self.node = node
-        self.connection = connection
-        self.settings = node.settings
-        self.broker = node.broker
+    __slots__ = ("_bucket", "_strikes", "close_reason", "closed", "id", "limits", "pending", "principal", "rooms")
 
-    async def handle(self, frame: ClientFrame) -> None:
-        match frame:
-            case SendMessage():
-                await self.send_message(frame)
-            case Typing():
-                await self.typing(frame)
-            case Join():
-                await self.join(frame)
-            case Leave():
-                await self.leave(frame)
-            case Ping(ref=ref):
-                self.reply({"type": "pong"}, ref)
-            case BotCommand():
-                await self.bot_command(frame)
-            case Auth():
-                await self.refresh_token(frame)
+    def __init__(self, session_id: str, principal: Principal, limits: SessionLimits, now: float) -> None:
+        self.id = session_id
+        self.principal = principal
+        self.limits = limits
+        self.rooms: set[str] = set()
+        # rooms being joined: their live events wait here as (message id, framed bytes) until replay is done
+        self.pending: dict[str, list[tuple[str, bytes]]] = {}
+        self.closed = False  # a Close effect was returned: nothing more is sent
+        self.close_reason = "client"  # the label the connection's end is counted under
+        self._bucket = TokenBucket(limits.messages_per_second, limits.messages_burst, now)
+        self._strikes = 0
 
-    def reply(self, frame: dict[str, Any], ref: str | int | None) -> None:
-        self.connection.send(protocol.encode(protocol.with_ref(frame, ref)))
+    @property
+    def user(self) -> str:
+        return self.principal.user
 
-    # -- access ----------------------------------------------------------------------------
-    async def _bot_for(self, room: str) -> tuple[Bot, bool]:
-        """The room's bot and whether this user may join it. Raises not_found."""
-        bot, members = await asyncio.gather(self.broker.registry.get(room), self.broker.registry.members(room))
-        if bot is None:
-            raise ChatError(ErrorCode.NOT_FOUND, f"no bot {room!r}")
-        principal = self.connection.principal
-        return bot, bot.may_use(principal.user, is_admin=principal.is_admin, members=members)
+    @property
+    def deadline(self) -> float:
+        """When the token expires, leeway included (wall clock)."""
+        return self.principal.exp + self.limits.jwt_leeway
 
-    async def _require_joined(self, room: str) -> None:
-        if room in self.connection.rooms:
-            return
-        _, allowed = await self._bot_for(room)
-        if not allowed:
-            raise ChatError(ErrorCode.FORBIDDEN, "you may not use this room")
-        raise ChatError(ErrorCode.BAD_REQUEST, "join the room first")
+    def buffered(self, room: str, message_id: str, framed: bytes) -> bool:
+        """Keep a live event of a room being joined; False when the room is not being joined.
 
-    # -- handlers --------------------------------------------------------------------------
-    async def join(self, frame: Join) -> None:
-        room, connection = frame.room, self.connection
-        if room in connection.pending:
-            raise ChatError(ErrorCode.BAD_REQUEST, "already joining this room")
-        rejoin = room in connection.rooms
-        if not rejoin and len(connection.rooms) + len(connection.pending) >= self.settings.max_rooms_per_connection:
-            raise ChatError(ErrorCode.RATE_LIMITED, f"at most {self.settings.max_rooms_per_connection} rooms")
-        if (
-            not rejoin
-            and len(self.node.hub.rooms) >= self.settings.max_rooms_per_node
-            and room not in self.node.hub.rooms
-        ):
-            raise ChatError(ErrorCode.UNAVAILABLE, "this node holds too many rooms; try again")
-        bot, allowed = await self._bot_for(room)
-        if not allowed:
-            raise ChatError(ErrorCode.FORBIDDEN, "you may not join this room")
-        connection.pending[room] = []
-        connection.rooms.discard(room)
+        Not an event: it runs for every member of a room on every delivery, so it stays a
+        dictionary lookup. The events kept here go out in ``RoomOpened``, after the replay.
+        """
+        waiting = self.pending.get(room)
+        if waiting is None:
+            return False
+        waiting.append((message_id, framed))
+        return True
+
+    def handle(self, event: ev.Event, now: float) -> list[ev.Effect]:
+        """Everything the connection must do because of ``event``, in order."""
+        match event:
+            case ev.Received(text=text):
+                return self._received(text, now)
+            case ev.BotFound() | ev.RoomOpened() | ev.Stored() | ev.BotChanged() | ev.TokenChecked() | ev.Failed():
+                return self._answered(event)
+            case _:
+                return self._lifecycle(event, now)
+
+    def _answered(self, answer: ev.Event) -> list[ev.Effect]:
+        match answer:
+            case ev.BotFound():
+                return self._bot_found(answer)
+            case ev.RoomOpened():
+                return self._room_opened(answer)
+            case ev.Stored(request=request, id=message_id, ts=ts, queued=queued):
+                return [ev.Count("messages_published"), self._send(sf.Ack(message_id, ts, queued, request.ref))]
+            case ev.BotChanged(request=request, bot=bot):
+                return [self._send(sf.BotStatusReply(bot.id, bot.status.value, request.ref))]
+            case ev.TokenChecked(request=request, principal=principal):
+                return self._token_checked(request, principal)
+            case ev.Failed(request=request, error=error):
+                return self._failed(request, error)
+        raise TypeError(f"not an answer: {answer!r}")
+
+    def _lifecycle(self, event: ev.Event, now: float) -> list[ev.Effect]:
+        match event:
+            case ev.Opened():
+                welcome = sf.Welcome(
+                    protocol.PROTOCOL_VERSION, self.id, self.user, self.limits.node_id, self.limits.heartbeat
+                )
+                return [self._send(welcome), ev.Schedule(self.deadline)]
+            case ev.DeadlineReached():
+                if now < self.deadline:
+                    return [ev.Schedule(self.deadline)]  # refreshed meanwhile
+                message = "the token expired; reconnect with a new one"
+                return self._close(CloseCode.AUTH, "token expired", "expired", ErrorCode.TOKEN_EXPIRED, message)
+            case ev.Evicted(room=room):
+                if room not in self.rooms and room not in self.pending:
+                    return []
+                self.rooms.discard(room)
+                self.pending.pop(room, None)
+                return [self._send(sf.Left(room, "removed")), ev.LeaveRoom(room)]
+            case ev.Revoked():
+                return self._close(
+                    CloseCode.AUTH, "revoked", "revoked", ErrorCode.UNAUTHORIZED, "your access was revoked"
+                )
+            case ev.ReceivedBinary():
+                self.close_reason = "binary"
+                self.closed = True
+                return [ev.Close(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")]
+            case ev.Closed():
+                rooms = [*self.rooms, *self.pending]
+                self.rooms.clear()
+                self.pending.clear()
+                self.closed = True
+                return [ev.LeaveRoom(room) for room in rooms]
+        raise TypeError(f"not a session event: {event!r}")
+
+    # -- client frames -----------------------------------------------------------------------
+    def _received(self, text: str, now: float) -> list[ev.Effect]:
+        if self.closed:
+            return []
+        if not self._bucket.take(now):
+            self._strikes += 1
+            effects: list[ev.Effect] = [
+                ev.Count("rate_limited"),
+                self._send(sf.Error(ErrorCode.RATE_LIMITED, "slow down", protocol.peek_ref(text))),
+            ]
+            if self._strikes >= ABUSE_STRIKES:
+                self.close_reason = "rate_limited"
+                self.closed = True
+                effects.append(ev.Close(CloseCode.POLICY, "rate limit exceeded"))
+            return effects
+        self._strikes = 0
         try:
-            await self.node.hub.add(room, connection)  # subscribed: live events now buffer in pending
-            presence = await self.broker.presence.join(room, connection.user, connection.id)
-            if frame.since is not None:
-                page = await self.broker.history.read_after(room, frame.since, self.settings.replay_max)
-                replay, last_id, recovered = page.entries, page.last_id, page.complete
-            else:
-                replay, last_id, recovered = [], await self.broker.history.last_id(room), False
-        except BaseException:
-            connection.pending.pop(room, None)
-            self.node.hub.remove(room, connection)
-            raise
-        joined = {
-            "type": "joined",
-            "room": room,
-            "bot": bot.summary(),
-            "members": presence.members,
-            "member_count": presence.count,
-            "last_id": last_id,
-            "recovered": recovered,
-        }
-        self.reply(joined, frame.ref)
-        self._replay(room, replay, frame.since)
-        if presence.changed and presence.count <= self.settings.presence_limit:
-            await self.node.publish(
-                room, self.node.presence_frame(room, connection.user, "join"), exclude=connection.user
-            )
+            frame = protocol.decode_client_frame(text, max_text_length=self.limits.max_text_length)
+        except ChatError as exc:
+            return [self._send(sf.Error(exc.code, exc.message, getattr(exc, "ref", None)))]
+        return [ev.Count("frames_received", protocol.frame_type(frame)), *self._frame(frame)]
 
-    def _replay(self, room: str, replay: list[tuple[str, bytes]], since: str | None) -> None:
-        """Send missed messages, then the live events buffered meanwhile, without duplicates."""
-        connection = self.connection
-        newest = replay[-1][0] if replay else since
-        for _, frame in replay:
-            connection.send(frame)
-        for message_id, framed in connection.pending.pop(room, []):
+    def _frame(self, frame: ClientFrame) -> list[ev.Effect]:
+        match frame:
+            case SendMessage(room=room, text=text, ref=ref):
+                if room not in self.rooms:
+                    return [self._refuse(room, ref)]
+                tail = protocol.message_tail(room, user_ref(self.principal), text)
+                return [ev.SetTyping(room, False), ev.Append(room, tail, ref)]
+            case Typing(room=room, state=state, ref=ref):
+                return [ev.SetTyping(room, state)] if room in self.rooms else [self._refuse(room, ref)]
+            case Join(room=room, since=since, ref=ref):
+                return self._join(room, since, ref)
+            case Leave(room=room, ref=ref):
+                if room not in self.rooms:
+                    return [self._refuse(room, ref)]
+                self.rooms.discard(room)
+                return [ev.LeaveRoom(room), self._send(sf.Left(room, ref=ref))]
+            case Ping(ref=ref):
+                return [self._send(sf.Pong(ref))]
+            case BotCommand(bot=bot, action=action, ref=ref):
+                return [ev.LookUpBot(bot, ev.Purpose.MANAGE, ref, action=action)]
+            case Auth(token=token, ref=ref):
+                return [ev.CheckToken(token, ref)]
+
+    def _join(self, room: str, since: str | None, ref: ev.Ref) -> list[ev.Effect]:
+        if room in self.pending:
+            return [self._error(ErrorCode.BAD_REQUEST, "already joining this room", ref)]
+        if room not in self.rooms and len(self.rooms) + len(self.pending) >= self.limits.max_rooms:
+            return [self._error(ErrorCode.RATE_LIMITED, f"at most {self.limits.max_rooms} rooms", ref)]
+        return [ev.LookUpBot(room, ev.Purpose.JOIN, ref, since=since)]
+
+    @staticmethod
+    def _refuse(room: str, ref: ev.Ref) -> ev.Effect:
+        """A frame for a room this connection has not joined: the lookup decides which error."""
+        return ev.LookUpBot(room, ev.Purpose.REFUSE, ref)
+
+    # -- answers -----------------------------------------------------------------------------
+    def _bot_found(self, found: ev.BotFound) -> list[ev.Effect]:
+        request, bot = found.request, found.bot
+        if bot is None:
+            return [self._error(ErrorCode.NOT_FOUND, f"no bot {request.bot!r}", request.ref)]
+        principal = self.principal
+        match request.purpose:
+            case ev.Purpose.MANAGE:
+                if not bot.may_manage(principal.user, is_admin=principal.is_admin):
+                    message = "only the owner or an admin may start or stop this bot"
+                    return [self._error(ErrorCode.FORBIDDEN, message, request.ref)]
+                return [ev.ChangeBot(bot, request.action, request.ref)]
+            case ev.Purpose.JOIN:
+                if not bot.may_use(principal.user, is_admin=principal.is_admin, members=found.members):
+                    return [self._error(ErrorCode.FORBIDDEN, "you may not join this room", request.ref)]
+                self.pending[bot.id] = []
+                self.rooms.discard(bot.id)  # a rejoin replays like a first join
+                return [ev.OpenRoom(bot.id, request.since, bot, request.ref)]
+            case ev.Purpose.REFUSE:
+                if not bot.may_use(principal.user, is_admin=principal.is_admin, members=found.members):
+                    return [self._error(ErrorCode.FORBIDDEN, "you may not use this room", request.ref)]
+                return [self._error(ErrorCode.BAD_REQUEST, "join the room first", request.ref)]
+
+    def _room_opened(self, opened: ev.RoomOpened) -> list[ev.Effect]:
+        """Joined: the reply, the missed messages, then the live events buffered meanwhile, once each."""
+        request = opened.request
+        room = request.room
+        waiting = self.pending.pop(room, None)
+        if waiting is None:
+            return [ev.LeaveRoom(room)]  # evicted while joining: the client was told with left
+        joined = sf.Joined(
+            room,
+            request.bot.summary(),
+            opened.members,
+            opened.member_count,
+            opened.last_id,
+            opened.recovered,
+            request.ref,
+        )
+        effects: list[ev.Effect] = [self._send(joined)]
+        effects += [ev.Send(frame) for _, frame in opened.replay]
+        newest = opened.replay[-1][0] if opened.replay else request.since
+        for message_id, framed in waiting:
             if message_id and newest is not None and not protocol.id_newer(message_id, newest):
                 continue  # already replayed from history
-            connection.write(framed)
-        connection.rooms.add(room)
+            effects.append(ev.Write(framed))
+        self.rooms.add(room)
+        if opened.first_here and opened.member_count <= self.limits.presence_limit:
+            effects.append(ev.Announce(room, sf.encode(sf.PresenceEvent(room, self.user, "join"))))
+        return effects
 
-    async def leave(self, frame: Leave) -> None:
-        await self._require_joined(frame.room)
-        self.connection.rooms.discard(frame.room)
-        await self.node.leave_room(frame.room, self.connection)
-        self.reply({"type": "left", "room": frame.room}, frame.ref)
+    def _token_checked(self, request: ev.CheckToken, principal: Principal) -> list[ev.Effect]:
+        if principal.user != self.user:
+            return [self._error(ErrorCode.FORBIDDEN, "the new token is for another user", request.ref)]
+        self.principal = principal
+        return [ev.Schedule(self.deadline), self._send(sf.AuthOk(int(principal.exp), request.ref))]
 
-    async def send_message(self, frame: SendMessage) -> None:
-        await self._require_joined(frame.room)
-        connection = self.connection
-        if self.node.typing.stopped(frame.room, connection.user):
-            await self.node.publish(
-                frame.room, self.node.typing_frame(frame.room, connection.user, False), exclude=connection.user
-            )
-        tail = protocol.message_tail(frame.room, user_ref(connection.principal), frame.text)
-        try:
-            appended = await self.broker.history.append(frame.room, tail, request=True)
-        except (BrokerUnavailable, OSError) as exc:
-            self.node.metrics.redis_errors.inc()
-            raise ChatError(ErrorCode.UNAVAILABLE, "the message was not stored; send it again") from exc
-        except InboxFull:
-            raise ChatError(ErrorCode.RATE_LIMITED, "the bot has too many messages waiting; try later") from None
-        self.node.metrics.messages_published.inc()
-        ack = {"type": "ack", "id": appended.id, "ts": appended.ts}
-        if appended.queued:
-            ack["queued"] = True
-        self.reply(ack, frame.ref)
+    def _failed(self, request: ev.Effect, error: ChatError) -> list[ev.Effect]:
+        effects: list[ev.Effect] = []
+        if isinstance(request, ev.OpenRoom) and self.pending.pop(request.room, None) is not None:
+            effects.append(ev.LeaveRoom(request.room))  # undo what part of the join did happen
+        ref = getattr(request, "ref", None)
+        effects.append(self._error(error.code, error.message, ref))
+        return effects
 
-    async def typing(self, frame: Typing) -> None:
-        await self._require_joined(frame.room)
-        user = self.connection.user
-        if frame.state:
-            self.node.typing.started(frame.room, user)
-        elif not self.node.typing.stopped(frame.room, user):
-            return  # was not typing: nothing to announce
-        await self.node.publish(frame.room, self.node.typing_frame(frame.room, user, frame.state), exclude=user)
+    # -- frames ------------------------------------------------------------------------------
+    def _send(self, frame: sf.ServerFrame) -> ev.Send:
+        return ev.Send(sf.encode(frame))
 
-    async def bot_command(self, frame: BotCommand) -> None:
-        bot = await self.node.broker.registry.get(frame.bot)
-        if bot is None:
-            raise ChatError(ErrorCode.NOT_FOUND, f"no bot {frame.bot!r}")
-        principal = self.connection.principal
-        if not bot.may_manage(principal.user, is_admin=principal.is_admin):
-            raise ChatError(ErrorCode.FORBIDDEN, "only the owner or an admin may start or stop this bot")
-        bot = await change_bot_state(self.node, bot, frame.action)
-        self.reply({"type": "bot_status", "bot": bot.id, "status": bot.status.value}, frame.ref)
+    def _error(self, code: ErrorCode, message: str, ref: ev.Ref) -> ev.Send:
+        return self._send(sf.Error(code, message, ref))
 
-    async def refresh_token(self, frame: Auth) -> None:
-        try:
-            principal = await verify_unrevoked(frame.token, self.node.verifier, self.broker.revocations)
-        except AuthError as exc:
-            self.node.metrics.auth_failures.labels(exc.reason).inc()
-            raise ChatError(ErrorCode.UNAUTHORIZED, exc.message) from None
-        if principal.user != self.connection.user:
-            raise ChatError(ErrorCode.FORBIDDEN, "the new token is for another user")
-        self.connection.principal = principal
-        schedule_expiry(self.node, self.connection)
-        self.reply({"type": "auth_ok", "exp": int(principal.exp)}, frame.ref)
-
-
-WANTED = (BotStatus.STARTING, BotStatus.RUNNING)
-
-
-async def change_bot_state(node: Node, bot: Bot, action: str) -> Bot:
-    """Ask workers to start or stop a bot; shared by the WebSocket command and the HTTP API."""
-    registry = node.broker.registry
-    if action == "start" and bot.status not in WANTED:
-        changed = await registry.set_status(bot.id, BotStatus.STARTING, expect=(bot.status,))
-    elif action == "stop" and bot.status in WANTED:
-        changed = await registry.set_status(bot.id, BotStatus.STOPPING, expect=WANTED)
-    elif action == "stop" and bot.status is BotStatus.ERROR:
-        changed = await registry.set_status(bot.id, BotStatus.STOPPED, expect=(BotStatus.ERROR,))
-    else:
-        return bot
-    # None: someone else changed the status first; answer with what it is now
-    return changed or await registry.get(bot.id) or bot
-
-
-def schedule_expiry(node: Node, connection: Connection) -> None:
-    """Close the connection with 4001 when its token expires without a refresh."""
-    if connection.expiry_timer is not None:
-        connection.expiry_timer.cancel()
-    # the same leeway the handshake allows, so a token accepted there is not closed at once
-    delay = max(0.0, connection.principal.exp + node.settings.jwt_leeway - time.time())
-    connection.expiry_timer = asyncio.get_running_loop().call_later(delay, _expired, connection)
-
-
-def _expired(connection: Connection) -> None:
-    if connection.closing:
-        return
-    connection.send(protocol.error_frame(ErrorCode.TOKEN_EXPIRED, "the token expired; reconnect with a new one"))
-    connection.close(CloseCode.AUTH, "token expired")
+    def _close(self, code: int, reason: str, label: str, error: ErrorCode, message: str) -> list[ev.Effect]:
+        if self.closed:
+            return []
+        self.closed = True
+        self.close_reason = label
+        return [self._error(error, message, None), ev.Close(code, reason)]

@@ -66,7 +66,7 @@ async def test_shutdown_sends_reconnect_and_closes_with_1012(cluster: Cluster, d
     url = await cluster.node(drain_seconds=drain_seconds)
     socks = [await cluster.connect(url, f"user{i}") for i in range(5)]
     node = cluster.servers[0].app[NODE]
-    drain = node.spawn(node.drain())
+    drain = node.spawn(node.connections.drain())
     async with cluster.session.get(f"{url}/readyz") as response:
         assert response.status == 503
     for sock in socks:

@@ -32,7 +32,7 @@ async def test_gap_in_pubsub_is_filled_from_history_in_order(redis_url: str, red
             for i in range(3)
         ]
         await fanout.subscribe(room)
-        node.on_gap()
+        node.upkeep.on_gap()
         live = await history.append(room, protocol.message_tail(room, {"kind": "user", "id": "x"}, "after"))
         got = [await alice.expect("message") for _ in range(4)]
         assert [m["id"] for m in got] == [*(a.id for a in missed), live.id]
@@ -117,7 +117,7 @@ async def test_a_dead_read_loop_makes_the_node_unready_until_its_probe_returns(
             return await real_get_message(**options)
 
         link.pubsub.get_message = get_message_failing_once
-        unready_until_probe = node._probe_answered
+        unready_until_probe = node.probe._answered
         first = await alice.request({"type": "message", "room": bot["id"], "text": "wakes the reader"}, "ack")
         deadline = asyncio.get_running_loop().time() + scaled(10)
         while not statuses or statuses[-1] != 200 or len(statuses) < 2:
@@ -128,7 +128,7 @@ async def test_a_dead_read_loop_makes_the_node_unready_until_its_probe_returns(
                 continue
             await asyncio.sleep(0.001)
         assert subscriber.restarts == 1
-        assert node._probe_wanted > unready_until_probe  # the rebuild asked for a new round trip
+        assert node.probe._wanted > unready_until_probe  # the rebuild asked for a new round trip
         assert (await bob.expect("message", id=first["id"], timeout=5))["text"] == "wakes the reader"
         second = await alice.request({"type": "message", "room": bot["id"], "text": "after"}, "ack")
         assert (await bob.expect("message", id=second["id"], timeout=1))["text"] == "after"

@@ -1,0 +1,134 @@
+"""Carries out the effects of sessions that reach beyond their socket: broker, hub, typing.
+
+The session decides, the carrier does: each effect that asks for an answer gets one back as
+an event (see :mod:`gateway.events`), and any failure becomes ``Failed`` with the error the
+client is told, so the session can undo what it started. This is the one place where
+broker exceptions are turned into client errors for the WebSocket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from gateway import events as ev
+from gateway.announcer import Announcer
+from gateway.auth import AuthError, TokenVerifier
+from gateway.bots import change_bot_state
+from gateway.handshake import verify_unrevoked
+from gateway.hub import Hub
+from gateway.metrics import GatewayMetrics
+from shared.broker import Broker
+from shared.broker.base import BrokerUnavailable, InboxFull
+from shared.errors import ChatError, ErrorCode
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.connection import Connection
+
+log = logging.getLogger(__name__)
+
+
+class Carrier:
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        hub: Hub,
+        announcer: Announcer,
+        verifier: TokenVerifier,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self._settings = settings
+        self._broker = broker
+        self._hub = hub
+        self._announcer = announcer
+        self._verifier = verifier
+        self._metrics = metrics
+        self._counters = {
+            "rate_limited": metrics.rate_limited,
+            "messages_published": metrics.messages_published,
+        }
+
+    def count(self, effect: ev.Count) -> None:
+        if effect.counter == "frames_received":
+            self._metrics.frames_received.labels(effect.label).inc()
+        else:
+            self._counters[effect.counter].inc()
+
+    async def run(self, connection: Connection, effect: ev.Effect) -> ev.Event | None:
+        """Carry out one effect that needs I/O; its answer, if it has one."""
+        try:
+            return await self._run(connection, effect)
+        except ChatError as exc:
+            return ev.Failed(effect, exc)
+        except AuthError as exc:
+            self._metrics.auth_failures.labels(exc.reason).inc()
+            return ev.Failed(effect, ChatError(ErrorCode.UNAUTHORIZED, exc.message))
+        except InboxFull:
+            return ev.Failed(
+                effect, ChatError(ErrorCode.RATE_LIMITED, "the bot has too many messages waiting; try later")
+            )
+        except (BrokerUnavailable, OSError):
+            self._metrics.redis_errors.inc()
+            message = "the message was not stored; send it again" if isinstance(effect, ev.Append) else None
+            return ev.Failed(effect, ChatError(ErrorCode.UNAVAILABLE, message or "storage is unavailable; retry"))
+        except Exception:
+            log.exception("carrying out %s failed", type(effect).__name__, extra={"session": connection.session.id})
+            return ev.Failed(effect, ChatError(ErrorCode.INTERNAL, "internal error"))
+
+    async def _run(self, connection: Connection, effect: ev.Effect) -> ev.Event | None:
+        broker, user = self._broker, connection.user
+        match effect:
+            case ev.Append(room=room, tail=tail):
+                appended = await broker.history.append(room, tail, request=True)
+                return ev.Stored(effect, appended.id, appended.ts, appended.queued)
+            case ev.SetTyping(room=room, state=state):
+                await self._announcer.typing_changed(room, user, state)
+            case ev.Announce(room=room, frame=frame):
+                await self._announcer.publish(room, frame, exclude=user)
+            case ev.LookUpBot(bot=bot_id):
+                bot, members = await asyncio.gather(broker.registry.get(bot_id), broker.registry.members(bot_id))
+                return ev.BotFound(effect, bot, frozenset(members))
+            case ev.OpenRoom():
+                return await self._open_room(connection, effect)
+            case ev.LeaveRoom(room=room):
+                await self.leave_room(connection, room)
+            case ev.ChangeBot(bot=bot, action=action):
+                return ev.BotChanged(effect, await change_bot_state(broker.registry, bot, action))
+            case ev.CheckToken(token=token):
+                return ev.TokenChecked(effect, await verify_unrevoked(token, self._verifier, broker.revocations))
+            case _:
+                raise TypeError(f"not an effect the carrier runs: {effect!r}")
+        return None
+
+    async def _open_room(self, connection: Connection, effect: ev.OpenRoom) -> ev.RoomOpened:
+        room, hub, settings = effect.room, self._hub, self._settings
+        if room not in hub.rooms and len(hub.rooms) >= settings.max_rooms_per_node:
+            raise ChatError(ErrorCode.UNAVAILABLE, "this node holds too many rooms; try again")
+        await hub.add(room, connection)  # subscribed: live events now wait in the session's pending
+        presence = await self._broker.presence.join(room, connection.user, connection.session.id)
+        history = self._broker.history
+        if effect.since is not None:
+            page = await history.read_after(room, effect.since, settings.replay_max)
+            replay, last_id, recovered = page.entries, page.last_id, page.complete
+        else:
+            replay, last_id, recovered = [], await history.last_id(room), False
+        return ev.RoomOpened(effect, presence.members, presence.count, presence.changed, replay, last_id, recovered)
+
+    async def leave_room(self, connection: Connection, room: str) -> None:
+        """Stop delivering the room here; the others hear when the user's last connection left."""
+        user = connection.user
+        self._hub.remove(room, connection)
+        if user not in self._hub.local_users(room):
+            await self._announcer.typing_changed(room, user, False)
+        try:
+            change = await self._broker.presence.leave(room, user, connection.session.id)
+        except (BrokerUnavailable, OSError) as exc:
+            # the room is left here all the same; the presence entry expires with its TTL
+            self._metrics.redis_errors.inc()
+            log.warning("leaving a room's presence failed: %s", exc, extra={"session": connection.session.id})
+            return
+        if change.changed and change.count < self._settings.presence_limit:
+            await self._announcer.presence(room, user, "leave")
