@@ -6,8 +6,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from gateway.auth import AuthError, Principal, TokenVerifier, token_from_request
+from gateway.auth import TokenVerifier, token_from_request
 from gateway.metrics import GatewayMetrics
+from gateway.principal import AuthError, Principal
 from shared import protocol
 from shared.broker.base import BrokerUnavailable, Revocations
 from shared.errors import ErrorCode

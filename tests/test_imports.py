@@ -30,6 +30,8 @@ PURE: dict[str, frozenset[str]] = {
     "shared/errors.py": IO,
     "shared/keys.py": IO,
     "shared/redis_url.py": IO,
+    "gateway/principal.py": IO,
+    "gateway/claims.py": IO,
     "gateway/session.py": IO | {"asyncio"},  # sans-I/O: timers are effects the connection carries out
     "gateway/ratelimit.py": IO,
     "gateway/typing_timers.py": IO,
