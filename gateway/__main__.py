@@ -94,7 +94,7 @@ async def serve(app: web.Application, settings: Settings, banner: str | None) ->
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await stop.wait()
-        await app[NODE].drain()
+        await app[NODE].connections.drain()
     finally:
         await runner.cleanup()
 

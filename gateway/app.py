@@ -61,10 +61,10 @@ def create_app(
         node.verifier_secret = secret or settings.jwt_secret
         app[BROKER] = the_broker
         app[NODE] = node
-        await node.start()
+        await node.intake.start()
         background = [
-            asyncio.create_task(node.keep_presence(), name="presence"),
-            asyncio.create_task(node.probe(), name="probe"),
+            asyncio.create_task(node.upkeep.keep_presence(), name="presence"),
+            asyncio.create_task(node.probe.run(), name="probe"),
         ]
         yield
         for task in background:
@@ -114,7 +114,7 @@ async def dev_token(request: web.Request) -> web.Response:
 
 
 async def _close_sockets(app: web.Application) -> None:
-    await app[NODE].drain()
+    await app[NODE].connections.drain()
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -123,7 +123,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    if node.draining:
+    if node.connections.draining:
         return web.json_response({"status": "draining"}, status=503)
     try:
         await asyncio.wait_for(node.broker.ping(), 2)
