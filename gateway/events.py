@@ -16,7 +16,7 @@ from shared.errors import ChatError
 from shared.models import Bot
 
 if TYPE_CHECKING:
-    from gateway.auth import Principal
+    from gateway.principal import Principal
 
 Ref = str | int | None
 

@@ -25,7 +25,7 @@ from shared.errors import ChatError, CloseCode, ErrorCode
 from shared.protocol import Auth, BotCommand, ClientFrame, Join, Leave, Ping, SendMessage, Typing
 
 if TYPE_CHECKING:
-    from gateway.auth import Principal
+    from gateway.principal import Principal
 
 ABUSE_STRIKES = 20  # refused frames in a row before the connection is closed with 4008
 

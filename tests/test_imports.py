@@ -33,14 +33,12 @@ PURE: dict[str, frozenset[str]] = {
     "gateway/principal.py": IO,
     "gateway/claims.py": IO,
     "gateway/session.py": IO | {"asyncio"},  # sans-I/O: timers are effects the connection carries out
+    "gateway/events.py": IO | {"asyncio"},  # what goes into and comes out of the session
+    "shared/server_frames.py": IO,
     "gateway/ratelimit.py": IO,
     "gateway/typing_timers.py": IO,
 }
 NOT_WRITTEN_YET = frozenset({"shared/redis_url.py"})  # Redis URL parsing moves there (issue 10)
-# TODO(issue 10): gateway/session.py still imports asyncio and, through gateway.connection and
-# gateway.node, aiohttp; the sans-I/O rewrite removes both. Delete this set when it lands (the
-# strict xfail below turns into a failure as soon as session.py is clean, as a reminder).
-PENDING_PURE = frozenset({"gateway/session.py"})
 
 
 class Import(NamedTuple):
@@ -154,13 +152,7 @@ def test_layers(path: str) -> None:
     assert layer_violations(path, (ROOT / path).read_text(encoding="utf-8")) == []
 
 
-def _pure_params() -> list[object]:
-    present = [path for path in PURE if (ROOT / path).exists()]
-    todo = pytest.mark.xfail(strict=True, reason="TODO(issue 10): sans-I/O session rewrite pending")
-    return [pytest.param(p, marks=todo) if p in PENDING_PURE else p for p in present]
-
-
-@pytest.mark.parametrize("path", _pure_params())
+@pytest.mark.parametrize("path", [path for path in PURE if (ROOT / path).exists()])
 def test_pure_module(path: str) -> None:
     """A pure module imports neither aiohttp nor redis (nor asyncio for the session), even indirectly."""
     assert purity_violations(path, product_sources()) == []
