@@ -107,18 +107,17 @@ def _memory_broker(settings: Settings, store: Any) -> Broker:
 
 def _redis_broker(settings: Settings) -> Broker:
     from shared.broker.redis import RedisBotRegistry, RedisFanOut, RedisHistory, RedisPresence, RedisRevocations
-    from shared.broker.redis_link import LINK_ERRORS, CommandPipe, close_client, connect, is_cluster
+    from shared.broker.redis_link import LINK_ERRORS, CommandPipe
     from shared.broker.redis_queue import RedisBotQueue
+    from shared.broker.redis_topology import open_topology
     from shared.keys import Keys
 
     assert settings.redis_url is not None
-    client = connect(settings.redis_url)
-    pipe = CommandPipe(client)
+    topology = open_topology(settings.redis_url)
+    pipe = CommandPipe(topology.client)
     keys = Keys(settings.redis_prefix)
-    # on a cluster, room events use sharded pub/sub: each travels only within the room's shard
-    sharded = is_cluster(client)
-    fanout = RedisFanOut(client, pipe, keys, sharded=sharded)
-    queue = RedisBotQueue(client, pipe, keys, settings)
+    fanout = RedisFanOut(topology, pipe, keys)
+    queue = RedisBotQueue(topology, pipe, keys, settings)
 
     async def ping() -> None:
         try:
@@ -126,18 +125,15 @@ def _redis_broker(settings: Settings) -> Broker:
         except LINK_ERRORS as exc:
             raise BrokerUnavailable(str(exc)) from exc
 
-    async def close_connections() -> None:
-        await close_client(client)
-
     return Broker(
         kind="redis",
         fanout=fanout,
-        history=RedisHistory(pipe, keys, settings, sharded=sharded),
+        history=RedisHistory(topology, pipe, keys, settings),
         presence=RedisPresence(pipe, keys, settings),
-        registry=RedisBotRegistry(pipe, keys, sharded=sharded),
+        registry=RedisBotRegistry(topology, pipe, keys),
         revocations=RedisRevocations(pipe, keys),
         queue=queue,
         ping=ping,
-        closers=[close_connections, pipe.close, fanout.close, queue.close],
+        closers=[topology.close, pipe.close, fanout.close, queue.close],
         pipe=pipe,
     )

@@ -12,8 +12,8 @@ import orjson
 
 from shared import protocol
 from shared.broker.base import Appended, BrokerUnavailable, EventHandler, HistoryPage, InboxFull, PresenceChange
-from shared.broker.redis_link import Client, CommandPipe, Script
-from shared.broker.redis_pubsub import Subscriber
+from shared.broker.redis_link import CommandPipe, Script
+from shared.broker.redis_topology import Topology
 from shared.keys import Keys
 from shared.models import Bot, BotStatus
 from shared.settings import Settings
@@ -39,17 +39,17 @@ class RedisFanOut:
     """One channel per room with local members, on the node's pub/sub connections.
 
     ``subscribe`` returns once Redis confirmed the subscription, so a caller that reads history
-    afterwards cannot miss an event published in between. With ``sharded`` (Redis Cluster) rooms
-    use SSUBSCRIBE/SPUBLISH, so an event only travels to the primary that owns the room's slot.
+    afterwards cannot miss an event published in between. The topology chooses the channels: on
+    a cluster they are sharded, so an event only travels to the primary that owns the room's slot.
     """
 
-    def __init__(self, client: Client, pipe: CommandPipe, keys: Keys, *, sharded: bool = False) -> None:
+    def __init__(self, topology: Topology, pipe: CommandPipe, keys: Keys) -> None:
         self.pipe = pipe
         self.keys = keys
-        self.publish_command = "SPUBLISH" if sharded else "PUBLISH"
+        self.publish_command = topology.publish_command
         self.handler: EventHandler | None = None
         self._rooms: dict[bytes, str] = {}  # channel -> room, for every room subscribed or subscribing
-        self._subscriber = Subscriber(client, self._message, sharded=sharded)
+        self._subscriber = topology.subscriber(self._message)
 
     def set_handler(self, handler: EventHandler) -> None:
         self.handler = handler
@@ -87,11 +87,11 @@ class RedisFanOut:
 
 
 class RedisHistory:
-    def __init__(self, pipe: CommandPipe, keys: Keys, settings: Settings, *, sharded: bool = False) -> None:
+    def __init__(self, topology: Topology, pipe: CommandPipe, keys: Keys, settings: Settings) -> None:
         self.pipe = pipe
         self.keys = keys
         self.settings = settings
-        self.publish_command = "SPUBLISH" if sharded else "PUBLISH"
+        self.publish_command = topology.publish_command  # the fan-out's: the appended message goes out as its events do
 
     async def append(self, room: str, tail: bytes, *, request: bool = False, reply_to: str | None = None) -> Appended:
         k = self.keys
@@ -196,10 +196,10 @@ class RedisPresence:
 
 
 class RedisBotRegistry:
-    def __init__(self, pipe: CommandPipe, keys: Keys, *, sharded: bool = False) -> None:
+    def __init__(self, topology: Topology, pipe: CommandPipe, keys: Keys) -> None:
         self.pipe = pipe
         self.keys = keys
-        self.publish_command = "SPUBLISH" if sharded else "PUBLISH"
+        self.publish_command = topology.publish_command  # for bot_status frames to the room
 
     async def create(self, bot: Bot) -> None:
         fields = [item for pair in bot.to_hash().items() for item in pair]

@@ -8,7 +8,8 @@ flight), preserves the order of appends, and turns N round trips into one under 
 Three deployments share this code: one Redis (``redis://``, ``rediss://``, ``unix://``), Redis
 Cluster (``redis+cluster://host:port[,host:port...]``) and Sentinel
 (``redis+sentinel://host:port[,host:port...]/master-name[/db]``). Pub/sub lives in
-:mod:`shared.broker.redis_pubsub`.
+:mod:`shared.broker.redis_pubsub`, and what differs between the three in
+:mod:`shared.broker.redis_topology`.
 """
 
 from __future__ import annotations
@@ -25,19 +26,16 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.connection import parse_url as parse_plain_url
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from shared.broker.base import BrokerUnavailable
-from shared.settings import SettingsError
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 512
 CONNECT_TIMEOUT = 5.0
-SENTINEL_TIMEOUT = 2.0  # a sentinel that does not answer in time is skipped for the next one
 SCHEMES = {
     "redis": "single",
     "rediss": "single",
@@ -140,60 +138,6 @@ def parse_redis_url(url: str) -> RedisTarget:
         unquote(password) or None,
         parts.scheme.startswith("rediss"),
     )
-
-
-class ClusterClient(RedisCluster):
-    """A cluster client that remembers its URL, so pub/sub can open connections to each primary."""
-
-    target: RedisTarget
-
-
-def connect(url: str, *, max_connections: int = 32) -> Client:
-    """The client for ``url``: one server, a cluster, or the master that Sentinel names.
-
-    Raises SettingsError for a URL that cannot work; connects lazily, so no I/O happens here.
-    Close it with :func:`close_client`.
-    """
-    try:
-        target = parse_redis_url(url)
-    except ValueError as exc:
-        raise SettingsError("CHAT_REDIS_URL", str(exc)) from None
-    if target.kind == "cluster":
-        client = ClusterClient(
-            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
-            ssl=target.tls,
-            max_connections=max_connections,
-            **target.connection_options(),
-        )
-        client.target = target
-        return client
-    if target.kind == "sentinel":
-        sentinel_options = {"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT}
-        if target.tls:
-            sentinel_options["ssl"] = True
-        sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_options)
-        # the pool asks the sentinels for the master's address on every new connection, so
-        # commands and pub/sub follow a failover once their old connection is dropped
-        return sentinel.master_for(target.service, db=target.db, ssl=target.tls, **target.connection_options())
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=10, health_check_interval=15, socket_keepalive=True
-    )
-    # from_pool hands the pool to the client: Redis(connection_pool=...) would leave its sockets open on aclose()
-    return aioredis.Redis.from_pool(pool)
-
-
-def is_cluster(client: Client) -> bool:
-    """True for a Redis Cluster client: multi-key commands must then stay within one slot."""
-    return isinstance(client, RedisCluster)
-
-
-async def close_client(client: Client) -> None:
-    """Close the client's connections, and for Sentinel the connections to the sentinels too."""
-    pool = getattr(client, "connection_pool", None)
-    await client.aclose()
-    if isinstance(pool, SentinelConnectionPool):
-        for sentinel in pool.sentinel_manager.sentinels:
-            await sentinel.aclose()
 
 
 class Script:

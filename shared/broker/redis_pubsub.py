@@ -1,8 +1,9 @@
-"""Pub/sub connections to Redis: one for a single server or Sentinel, one per primary on a cluster.
+"""Pub/sub connections to Redis: :class:`Subscriber` holds every channel on one connection.
 
-:class:`Subscriber` keeps each channel on the connection that can serve it, moves channels when a
-cluster slot moves or a link comes back, and reports every such gap so the gateway can refill its
-rooms from history.
+That serves a single server and Sentinel (whose pool reconnects to whichever server is the
+master then). A cluster holds shard channels on one connection per primary instead:
+:class:`shared.broker.redis_shards.ShardedSubscriber`, built on the same links. Which one a
+deployment uses is its topology's choice (:mod:`shared.broker.redis_topology`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import AskError, MovedError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import AskError, MovedError, RedisError, ResponseError
 
 from shared.broker.base import BrokerUnavailable
-from shared.broker.redis_link import LINK_ERRORS, Client, RedisTarget
+from shared.broker.redis_link import LINK_ERRORS
 from shared.logs import Throttled
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,8 @@ class _PubSub(aioredis.client.PubSub):
             await self.execute_command("SSUBSCRIBE", *channels)
 
 
-class _Link:
-    """One pub/sub connection and the task that reads it."""
+class Link:
+    """One pub/sub connection holding plain channels (SUBSCRIBE), and the task that reads it."""
 
     def __init__(self, name: str, pool: Any, owner: Subscriber, *, owns_pool: bool) -> None:
         self.name = name  # the cluster node's "host:port", or "" for the only connection
@@ -78,14 +78,17 @@ class _Link:
 
     def channels(self) -> dict[Any, Any]:
         """The channels redis-py tracks on this connection (and subscribes again after a reconnect)."""
-        return self.pubsub.shard_channels if self.owner.sharded else self.pubsub.channels
+        return self.pubsub.channels
+
+    async def _send_subscribe(self, channel: bytes) -> None:
+        await self.pubsub.subscribe(channel)
+
+    async def _send_unsubscribe(self, channel: bytes) -> None:
+        await self.pubsub.unsubscribe(channel)
 
     async def subscribe(self, channel: bytes) -> None:
         async with self._commands:
-            if self.owner.sharded:
-                await self.pubsub.ssubscribe(channel)
-            else:
-                await self.pubsub.subscribe(channel)
+            await self._send_subscribe(channel)
         if self._task is None or self._task.done():
             self._start_reading()
 
@@ -110,10 +113,7 @@ class _Link:
 
     async def unsubscribe(self, channel: bytes) -> None:
         async with self._commands:
-            if self.owner.sharded:
-                await self.pubsub.sunsubscribe(channel)
-            else:
-                await self.pubsub.unsubscribe(channel)
+            await self._send_unsubscribe(channel)
 
     def forget(self, channel: bytes) -> None:
         """Stop tracking a channel the server no longer holds for us (its slot moved, or the node died)."""
@@ -176,29 +176,37 @@ class _Link:
             await self.pool.aclose()
 
 
-class Subscriber:
-    """Channels with confirmed subscriptions, spread over pub/sub connections.
+class ShardLink(Link):
+    """A pub/sub connection to one cluster primary holding shard channels (SSUBSCRIBE)."""
 
-    One connection for a single server or Sentinel (whose pool reconnects to whichever server is
-    the master then); on a cluster one per primary, each channel held on the primary that owns
-    its slot. When a connection comes back, or channels had to move to another primary, events
-    may have been missed: ``on_gap`` is called so the owner can fill in from history.
+    def channels(self) -> dict[Any, Any]:
+        return self.pubsub.shard_channels
+
+    async def _send_subscribe(self, channel: bytes) -> None:
+        await self.pubsub.ssubscribe(channel)
+
+    async def _send_unsubscribe(self, channel: bytes) -> None:
+        await self.pubsub.sunsubscribe(channel)
+
+
+class Subscriber:
+    """Channels with confirmed subscriptions, all on one pub/sub connection from ``pool``.
+
+    When the connection comes back events may have been missed: ``on_gap`` is called so the owner
+    can fill in from history. Subclasses spread channels over several links (see ``_owner``).
     """
 
-    def __init__(self, client: Client, on_message: MessageHandler, *, sharded: bool = False) -> None:
-        self.client = client
+    def __init__(self, pool: Any, on_message: MessageHandler) -> None:
+        self.pool = pool  # the client's pool: the one connection comes from it, and follows a failover
         self.on_message = on_message
-        self.sharded = sharded  # SSUBSCRIBE instead of SUBSCRIBE
         self.on_gap: Callable[[], None] | None = None
         self.restarts = 0  # read loops that died of an unexpected error and were started again
         self.handler_failures = 0  # messages whose handler raised (dropped; the loop went on)
         self._failure_log = Throttled(log, HANDLER_LOG_INTERVAL)
         self._wanted: set[bytes] = set()  # every channel subscribed or subscribing
         self._where: dict[bytes, str] = {}  # channel -> name of the link that holds it
-        self._links: dict[str, _Link] = {}
+        self._links: dict[str, Link] = {}
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
-        self._rebalance_task: asyncio.Task[None] | None = None
-        self._again = False  # more trouble was reported while a rebalance ran
 
     def count(self) -> int:
         return len(self._wanted)
@@ -254,86 +262,21 @@ class Subscriber:
         self._gap()
 
     def trouble(self) -> None:
-        """A connection failed or a channel moved: on a cluster, read the slots again and move channels."""
-        if not isinstance(self.client, RedisCluster):
-            return  # one connection, which reconnects by itself
-        if self._rebalance_task is not None and not self._rebalance_task.done():
-            self._again = True
-            return
-        self._rebalance_task = asyncio.get_running_loop().create_task(self._rebalance(), name="redis-pubsub-slots")
+        """A connection failed or a channel moved. One connection reconnects by itself: nothing to do."""
 
     def _gap(self) -> None:
         if self.on_gap is not None:
             self.on_gap()
 
     # -- routing ----------------------------------------------------------------------------
-    def _link(self, name: str, make_pool: Callable[[], Any], *, owns_pool: bool) -> _Link:
-        link = self._links.get(name)
+    async def _owner(self, channel: bytes) -> Link:
+        """The link of the server that serves ``channel``: here the only one."""
+        link = self._links.get("")
         if link is None:
-            link = self._links[name] = _Link(name, make_pool(), self, owns_pool=owns_pool)
+            link = self._links[""] = Link("", self.pool, self, owns_pool=False)
         return link
 
-    def _cluster_link(self, node: ClusterNode) -> _Link:
-        target: RedisTarget = getattr(self.client, "target")  # noqa: B009 (set by connect())
-        return self._link(node.name, lambda: target.node_pool(node.host, node.port), owns_pool=True)
-
-    async def _owner(self, channel: bytes) -> _Link:
-        """The link of the server that serves ``channel``."""
-        if not isinstance(self.client, RedisCluster):
-            return self._link("", lambda: self.client.connection_pool, owns_pool=False)
-        await self.client.initialize()
-        return self._cluster_link(self.client.get_node_from_key(channel))
-
-    async def _rebalance(self) -> None:
-        while True:
-            self._again = False
-            assert isinstance(self.client, RedisCluster)
-            try:
-                await self.client.nodes_manager.initialize()
-            except LINK_ERRORS as exc:
-                # the links keep retrying and report trouble again, which brings us back here
-                log.warning("cannot read the cluster's slots: %s", exc)
-                return
-            if await self._move_channels():
-                log.warning("pub/sub channels moved to other cluster nodes; filling in from history")
-                self._gap()
-            if not self._again:
-                return
-
-    async def _move_channels(self) -> bool:
-        """Hold every wanted channel on the primary that owns it now; True if any channel moved."""
-        assert isinstance(self.client, RedisCluster)
-        moved = failed = False
-        for channel in list(self._wanted):
-            try:
-                link = self._cluster_link(self.client.get_node_from_key(channel))
-            except RedisClusterException:
-                continue  # the slot is not served right now; a later pass moves it
-            moved |= self._where.get(channel, link.name) != link.name
-            self._where[channel] = link.name
-            if channel not in link.channels():
-                try:
-                    await link.subscribe(channel)
-                except (RedisError, OSError) as exc:
-                    log.warning("cannot subscribe on %s: %s", link.name, exc)
-                    failed = True
-        primaries = {node.name for node in self.client.get_primaries()}
-        for link in list(self._links.values()):
-            for channel in list(link.channels()):
-                if self._where.get(channel) == link.name:
-                    continue
-                link.forget(channel)  # moved away: the old node dropped it, or is gone
-            if not link.channels() and link.name not in primaries:
-                await self._links.pop(link.name).close()
-        if failed:
-            await asyncio.sleep(1.0)  # then one more pass
-            self._again = True
-        return moved
-
     async def close(self) -> None:
-        if self._rebalance_task is not None:
-            self._rebalance_task.cancel()
-            await asyncio.gather(self._rebalance_task, return_exceptions=True)
         for link in list(self._links.values()):
             await link.close()
         self._links.clear()

@@ -1,10 +1,10 @@
 """Bot inboxes on Redis Streams: one consumer group per inbox, leases as keys with an expiry.
 
-Blocking reads use a connection of their own (a blocked XREADGROUP would hold up every other
-command behind it); :meth:`RedisBotQueue.wake` ends such a read early with CLIENT UNBLOCK.
-Everything else goes through the process's pipelining :class:`CommandPipe`. Multi-step changes
-(ack + delete, dead-letter, lease compare-and-set, reclaim with delivery counts) are Lua scripts
-on keys of one bot, so they are atomic and stay in one Redis Cluster slot.
+How inboxes are read differs by deployment: that is the topology's inbox reader
+(:mod:`shared.broker.redis_readers`). Everything else goes through the process's pipelining
+:class:`CommandPipe`. Multi-step changes (ack + delete, dead-letter, lease compare-and-set,
+reclaim with delivery counts) are Lua scripts on keys of one bot, so they are atomic and stay in
+one Redis Cluster slot.
 """
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.client import PubSub
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
-from shared.broker.base import BrokerUnavailable
 from shared.broker.queue import (
     RELEASED_IDLE,
     Backlog,
@@ -32,14 +30,15 @@ from shared.broker.queue import (
     decode_request,
     id_key,
 )
-from shared.broker.redis_link import Client, CommandPipe, Script, is_cluster
-from shared.broker.redis_pubsub import Subscriber
+from shared.broker.redis_link import CommandPipe, Script
+from shared.broker.redis_replies import fields as _fields
+from shared.broker.redis_replies import text as _text
+from shared.broker.redis_topology import Topology
 from shared.keys import Keys
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 DEAD_LETTERS_MAX = 10_000  # per bot, approximate: the oldest go first
-SWEEP_SECONDS = 10.0  # on a cluster, every inbox is read at least this often, notice or not
 
 
 class _Lua(Script):
@@ -120,110 +119,16 @@ return redis.call('ZCARD', KEYS[1])
 """)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _fields(raw: Any) -> dict[bytes, bytes]:
-    if isinstance(raw, dict):
-        return raw
-    return dict(zip(raw[::2], raw[1::2], strict=True))
-
-
-def _streams(raw: Any) -> list[tuple[Any, Any]]:
-    """XREADGROUP's reply as (stream, entries) pairs, whichever reply shape the client gives."""
-    if not raw:
-        return []
-    return list(raw.items()) if isinstance(raw, dict) else [(item[0], item[1]) for item in raw]
-
-
-class _InboxNotices:
-    """On a cluster: which inboxes got requests, told on a sharded channel named like the inbox key.
-
-    A cluster refuses one XREADGROUP over streams in several slots, so a worker cannot block on
-    all its inboxes at once. The append script SPUBLISHes to the inbox's own name when it queues a
-    request; the worker holds those subscriptions, reads only the inboxes it was told about, and
-    waits for the next notice. Inboxes newly watched, or watched across a pub/sub gap, are read
-    once without a notice, and all of them every ``SWEEP_SECONDS``.
-    """
-
-    def __init__(self, client: Client) -> None:
-        self._subscriber = Subscriber(client, self._notice, sharded=True)
-        self._subscriber.on_gap = self._missed
-        self._watched: set[str] = set()
-        self._due: set[str] = set()  # inbox keys to read on the next read
-        self._changed = asyncio.Event()  # a notice, a gap or a wake() arrived
-        self._last_sweep = 0.0
-
-    def _notice(self, channel: bytes, _: bytes) -> None:
-        self._due.add(channel.decode())
-        self._changed.set()
-
-    def _missed(self) -> None:
-        self._last_sweep = 0.0
-        self._changed.set()
-
-    def wake(self) -> None:
-        self._changed.set()
-
-    async def watch(self, inboxes: Collection[str]) -> None:
-        """Hold the notice subscriptions of exactly ``inboxes``; raises BrokerUnavailable."""
-        wanted = set(inboxes)
-        for key in self._watched - wanted:
-            self._watched.discard(key)
-            await self._subscriber.unsubscribe(key.encode())
-        added = sorted(wanted - self._watched)
-        results = await asyncio.gather(*(self._subscriber.subscribe(k.encode()) for k in added), return_exceptions=True)
-        for key, result in zip(added, results, strict=True):
-            if not isinstance(result, BaseException):
-                self._watched.add(key)
-                self._due.add(key)  # requests queued before the subscription held have sent no notice
-        errors = [result for result in results if isinstance(result, BaseException)]
-        if errors:
-            raise errors[0]
-
-    def take(self, inboxes: Collection[str]) -> list[str]:
-        """The inboxes to read now; forgets their notices. Call after ``arm``."""
-        if time.monotonic() - self._last_sweep > SWEEP_SECONDS:
-            self._last_sweep = time.monotonic()
-            self._due.clear()
-            return list(inboxes)
-        due = [key for key in inboxes if key in self._due]
-        self._due.difference_update(due)
-        return due
-
-    def arm(self) -> None:
-        """Forget earlier wake-ups: a notice from now on ends the next ``wait``."""
-        self._changed.clear()
-
-    async def wait(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
-
-    def again(self, key: str) -> None:
-        """Read ``key`` again next time (one request was taken, more may wait)."""
-        self._due.add(key)
-
-    async def close(self) -> None:
-        await self._subscriber.close()
-
-
 class RedisBotQueue(BotQueue):
-    def __init__(self, client: Client, pipe: CommandPipe, keys: Keys, settings: Settings) -> None:
-        self.client = client
+    def __init__(self, topology: Topology, pipe: CommandPipe, keys: Keys, settings: Settings) -> None:
+        self.client = topology.client
         self.pipe = pipe
         self.keys = keys
         self.settings = settings
         self.group = keys.group()
         # an ack's announcement goes to the bot's room as its fan-out would send it: sharded on a cluster
-        self.publish_command = "SPUBLISH" if is_cluster(client) else "PUBLISH"
-        # a cluster refuses one XREADGROUP over inboxes in several slots: there inboxes are read on notice
-        self._notices = _InboxNotices(client) if is_cluster(client) else None
-        self._reader = None if isinstance(client, RedisCluster) else client.client()  # held for blocking reads
-        self._reader_id: int | None = None  # its CLIENT ID, for CLIENT UNBLOCK
-        self._reading = False  # a blocking read is in flight
-        self._woken = False  # a wake() that no blocked read took: the next read does not block
-        self._last_read: tuple[Any, list[bytes], dict[bytes, str]] | None = None  # see _read_command
+        self.publish_command = topology.publish_command
+        self._inbox = topology.inbox_reader(pipe, keys, self.group)  # blocking, or on notice on a cluster
         self._control: PubSub | None = None  # subscription to the control channel
 
     # -- requests ------------------------------------------------------------------------
@@ -237,106 +142,16 @@ class RedisBotQueue(BotQueue):
     async def enqueue(self, bot: str, message_id: str, frame: bytes) -> str:
         key = self.keys.inbox(bot)
         entry_id = await self.pipe.execute("XADD", key, "*", "m", message_id, "f", frame)
-        if self._notices is not None:
-            await self.pipe.execute("SPUBLISH", key, "")
+        await self._inbox.queued(key)
         return _text(entry_id)
 
     async def read(self, consumer: str, bots: Sequence[str], *, block: float) -> list[Request]:
         if not bots:
             return []
-        if self._reader is None:
-            return await self._read_on_notice(consumer, bots, block)
-        block_ms = max(1, int(block * 1000)) if not self._woken and block > 0 else 0
-        self._woken = False
-        try:
-            if self._reader_id is None:
-                self._reader_id = await self._reader.client_id()  # connects the held connection too
-            connection = self._reader.connection
-            command, by_key = self._read_command(connection, consumer, bots, block_ms)
-            self._reading = True
-            # straight on the held connection: the read is one command, packed once while the bots
-            # stay the same, and needs none of the client's per-command machinery
-            await connection.send_packed_command(command, check_health=False)
-            raw = await connection.read_response()
-        except ResponseError as exc:
-            # NOGROUP: the inbox is gone; UNBLOCKED: it was deleted while the read waited on it
-            if str(exc).startswith(("NOGROUP", "UNBLOCKED")):
-                raise GroupMissing(str(exc)) from None
-            raise
-        except (RedisError, OSError) as exc:
-            self._reader_id = None
-            # a held connection reconnects to its old address; one from the pool asks Sentinel for the master
-            assert not isinstance(self.client, RedisCluster)  # a cluster reads on notice, never here
-            reader, self._reader = self._reader, self.client.client()
-            with contextlib.suppress(RedisError, OSError):
-                await reader.aclose()
-            raise BrokerUnavailable(f"cannot read the inboxes: {exc}") from exc
-        finally:
-            self._reading = False
-        return [
-            decode_request(by_key[key], _text(entry_id), _fields(fields), 1)
-            for key, entries in _streams(raw)
-            for entry_id, fields in entries
-        ]
-
-    def _read_command(
-        self, connection: Any, consumer: str, bots: Sequence[str], block_ms: int
-    ) -> tuple[list[bytes], dict[bytes, str]]:
-        """The packed XREADGROUP over ``bots`` and the bot of each inbox key; kept while they stay the same."""
-        wanted = (consumer, tuple(bots), block_ms)
-        if self._last_read is None or self._last_read[0] != wanted:
-            inboxes = [self.keys.inbox(bot) for bot in bots]
-            args: list[Any] = ["XREADGROUP", "GROUP", self.group, consumer, "COUNT", 1]
-            if block_ms:
-                args += ["BLOCK", block_ms]
-            args += ["STREAMS", *inboxes, *[">"] * len(inboxes)]
-            by_key = {key.encode(): bot for key, bot in zip(inboxes, bots, strict=True)}
-            self._last_read = (wanted, connection.pack_command(*args), by_key)
-        return self._last_read[1], self._last_read[2]
-
-    async def _read_on_notice(self, consumer: str, bots: Sequence[str], block: float) -> list[Request]:
-        assert self._notices is not None
-        by_key = {self.keys.inbox(bot): bot for bot in bots}
-        await self._notices.watch(by_key)
-        self._notices.arm()
-        requests = await self._read_inboxes(consumer, self._notices.take(by_key), by_key)
-        if not requests and block > 0 and not self._woken:
-            await self._notices.wait(block)
-            requests = await self._read_inboxes(consumer, self._notices.take(by_key), by_key)
-        self._woken = False
-        return requests
-
-    async def _read_inboxes(self, consumer: str, inboxes: list[str], by_key: dict[str, str]) -> list[Request]:
-        """One request from each of ``inboxes`` without blocking: one pipelined XREADGROUP per inbox."""
-        assert self._notices is not None
-        calls = [
-            self.pipe.call("XREADGROUP", "GROUP", self.group, consumer, "COUNT", 1, "STREAMS", k, ">") for k in inboxes
-        ]
-        replies = await asyncio.gather(*calls, return_exceptions=True)
-        requests = []
-        for reply in replies:
-            if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
-                raise GroupMissing(str(reply))
-            if isinstance(reply, BaseException):
-                raise reply
-            for key, entries in _streams(reply):
-                self._notices.again(_text(key))  # it had one; more may wait
-                bot = by_key[_text(key)]
-                requests += [decode_request(bot, _text(eid), _fields(fields), 1) for eid, fields in entries]
-        return requests
+        return await self._inbox.read(consumer, bots, block=block)
 
     async def wake(self) -> None:
-        if self._notices is not None:
-            self._woken = True
-            self._notices.wake()
-            return
-        if self._reading and self._reader_id is not None:
-            with contextlib.suppress(RedisError, BrokerUnavailable):
-                if await self.pipe.execute("CLIENT", "UNBLOCK", self._reader_id):
-                    return
-            # not blocked yet, or the connection was replaced (new id): fall back to the read's timeout
-            self._reader_id = None
-        self._woken = True
+        await self._inbox.wake()
 
     async def pending(self, bot: str) -> int:
         try:
@@ -475,8 +290,4 @@ class RedisBotQueue(BotQueue):
 
     async def close(self) -> None:
         await self._close_control()
-        if self._notices is not None:
-            await self._notices.close()
-        if self._reader is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._reader.aclose()
+        await self._inbox.close()

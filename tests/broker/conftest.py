@@ -88,26 +88,27 @@ def _memory_builder() -> Callable[[int, dict[str, Any]], list[Node]]:
 
 def _redis_builder(url: str, prefix: str) -> Callable[[int, dict[str, Any]], list[Node]]:
     from shared.broker.redis import RedisBotRegistry, RedisFanOut, RedisHistory, RedisPresence
-    from shared.broker.redis_link import CommandPipe, connect
+    from shared.broker.redis_link import CommandPipe
+    from shared.broker.redis_topology import open_topology
 
     def build(count: int, overrides: dict[str, Any]) -> list[Node]:
         settings = Settings(redis_url=url, jwt_secret=TEST_SECRET, redis_prefix=prefix, **overrides)
         keys = Keys(prefix)
         nodes = []
         for _ in range(count):
-            client = connect(url)
-            pipe = CommandPipe(client)
-            fanout = RedisFanOut(client, pipe, keys)
+            topology = open_topology(url)
+            pipe = CommandPipe(topology.client)
+            fanout = RedisFanOut(topology, pipe, keys)
             node = Node(
                 "redis",
                 settings,
                 fanout,
-                RedisHistory(pipe, keys, settings),
+                RedisHistory(topology, pipe, keys, settings),
                 RedisPresence(pipe, keys, settings),
-                RedisBotRegistry(pipe, keys),
+                RedisBotRegistry(topology, pipe, keys),
                 pipe=pipe,
                 keys=keys,
-                closers=[fanout.close, pipe.close, client.aclose],
+                closers=[fanout.close, pipe.close, topology.close],
             )
             nodes.append(node)
         return nodes

@@ -17,8 +17,9 @@ from shared.broker.memory import MemoryFanOut, MemoryStore
 from shared.broker.memory_queue import MemoryBotQueue
 from shared.broker.queue import BotQueue, GroupMissing
 from shared.broker.redis import RedisFanOut
-from shared.broker.redis_link import CommandPipe, connect
+from shared.broker.redis_link import CommandPipe
 from shared.broker.redis_queue import RedisBotQueue
+from shared.broker.redis_topology import open_topology
 from shared.keys import Keys
 from shared.settings import Settings
 from tests.procs import TEST_SECRET, scaled
@@ -75,9 +76,9 @@ async def harness(request: pytest.FixtureRequest, redis_url: str, redis_prefix: 
         return
     settings = Settings(redis_url=redis_url, redis_prefix=redis_prefix, jwt_secret=TEST_SECRET)
     keys = Keys(redis_prefix)
-    clients = [connect(redis_url), connect(redis_url)]
-    pipes = [CommandPipe(client) for client in clients]
-    queue, peer = (RedisBotQueue(client, pipe, keys, settings) for client, pipe in zip(clients, pipes, strict=True))
+    topologies = [open_topology(redis_url), open_topology(redis_url)]
+    pipes = [CommandPipe(topology.client) for topology in topologies]
+    queue, peer = (RedisBotQueue(t, pipe, keys, settings) for t, pipe in zip(topologies, pipes, strict=True))
     raw = aioredis.from_url(redis_url)
 
     async def drop_redis(bot: str) -> None:
@@ -90,16 +91,16 @@ async def harness(request: pytest.FixtureRequest, redis_url: str, redis_prefix: 
         return int((await raw.info("clients"))["blocked_clients"]) > 0
 
     heard_redis: list[bytes] = []
-    listener = RedisFanOut(clients[1], pipes[1], keys)
+    listener = RedisFanOut(topologies[1], pipes[1], keys)
     listener.set_handler(lambda _, packet: heard_redis.append(packet))
     await listener.subscribe(BOT)
     yield Harness(queue, peer, drop_redis, mark_redis, blocked_redis, heard_redis)
     await listener.close()
     for q in (queue, peer):
         await q.close()
-    for pipe, client in zip(pipes, clients, strict=True):
+    for pipe, topology in zip(pipes, topologies, strict=True):
         await pipe.close()
-        await client.aclose(close_connection_pool=True)
+        await topology.close()
     await raw.aclose()
 
 

@@ -12,8 +12,9 @@ import pytest
 
 from shared import protocol
 from shared.broker.redis import RedisHistory
-from shared.broker.redis_link import CommandPipe, RedisTarget, close_client, connect, parse_redis_url
+from shared.broker.redis_link import CommandPipe, RedisTarget, parse_redis_url
 from shared.broker.redis_queue import RedisBotQueue
+from shared.broker.redis_topology import open_topology
 from shared.keys import Keys
 from shared.settings import Settings, SettingsError
 from tests.cluster.conftest import ChatNodes, ClusterSetup, chat_nodes
@@ -51,7 +52,7 @@ def test_cluster_url_lists_seed_nodes_and_credentials() -> None:
 def test_bad_redis_url_is_a_settings_error(url: str) -> None:
     """A URL that cannot work is refused before any connection, naming CHAT_REDIS_URL."""
     with pytest.raises(SettingsError, match="CHAT_REDIS_URL"):
-        connect(url)
+        open_topology(url)
 
 
 @pytest.fixture
@@ -181,9 +182,9 @@ async def queue_on_cluster(redis_cluster: ClusterSetup, redis_prefix: str) -> As
     """A worker's queue and a gateway's history on the cluster, with a bot whose inbox is on each master."""
     settings = Settings(redis_url=redis_cluster.url, redis_prefix=redis_prefix, jwt_secret=TEST_SECRET)
     keys = Keys(redis_prefix)
-    client = connect(redis_cluster.url)
-    pipe = CommandPipe(client)
-    queue = RedisBotQueue(client, pipe, keys, settings)
+    topology = open_topology(redis_cluster.url)
+    pipe = CommandPipe(topology.client)
+    queue = RedisBotQueue(topology, pipe, keys, settings)
     by_master: dict[int, str] = {}
     for i in range(200):  # bounded: names spread over the three masters quickly
         by_master.setdefault(redis_cluster.owner(keys.inbox(f"b{i}")), f"b{i}")
@@ -192,10 +193,10 @@ async def queue_on_cluster(redis_cluster: ClusterSetup, redis_prefix: str) -> As
     bots = list(by_master.values())
     for bot in bots:
         await queue.ensure_group(bot)
-    yield QueueOnCluster(queue, RedisHistory(pipe, keys, settings, sharded=True), bots)
+    yield QueueOnCluster(queue, RedisHistory(topology, pipe, keys, settings), bots)
     await queue.close()
     await pipe.close()
-    await close_client(client)
+    await topology.close()
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from shared.broker.redis_link import RedisTarget, connect, parse_redis_url
+from shared.broker.redis_link import RedisTarget, parse_redis_url
+from shared.broker.redis_topology import open_topology
 from shared.settings import SettingsError
 from tests.cluster.conftest import MASTER_NAME, ChatNodes, SentinelSetup, chat_nodes
 from tests.conftest import make_token
@@ -31,7 +32,7 @@ def test_sentinel_url_names_sentinels_master_and_database() -> None:
 def test_sentinel_url_without_a_usable_master_is_a_settings_error(url: str) -> None:
     """A sentinel URL without a master name, or with a bad database, is refused naming CHAT_REDIS_URL."""
     with pytest.raises(SettingsError, match="CHAT_REDIS_URL"):
-        connect(url)
+        open_topology(url)
 
 
 @pytest.fixture

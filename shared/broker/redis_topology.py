@@ -1,0 +1,159 @@
+"""The shape of a Redis deployment, as one object per kind: single server, Sentinel, Cluster.
+
+The broker's Redis classes never ask which deployment they run on; they ask its topology for
+what differs between them:
+
+- ``publish_command``: PUBLISH, or SPUBLISH on a cluster, so that a room's events travel only
+  within the shard that owns its slot instead of to every node;
+- :meth:`Topology.subscriber`: one pub/sub connection, or one per primary that follows slots;
+- :meth:`Topology.inbox_reader`: one blocking XREADGROUP over every inbox, or, on a cluster
+  (which refuses one XREADGROUP over several slots), reads on notice;
+- ``inbox_notices``: whether a queued request is announced on its inbox's shard channel.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+from shared.broker.redis_link import Client, CommandPipe, RedisTarget, parse_redis_url
+from shared.broker.redis_pubsub import MessageHandler, Subscriber
+from shared.broker.redis_readers import BlockingInboxReader, InboxReader, NoticeInboxReader
+from shared.broker.redis_shards import ShardedSubscriber
+from shared.keys import Keys
+from shared.settings import SettingsError
+
+SENTINEL_TIMEOUT = 2.0  # a sentinel that does not answer in time is skipped for the next one
+
+
+class Topology(ABC):
+    """What differs between Redis deployments; the client every command of a process goes through."""
+
+    kind: ClassVar[str]
+    publish_command: ClassVar[str] = "PUBLISH"
+    inbox_notices: ClassVar[bool] = False
+
+    @property
+    @abstractmethod
+    def client(self) -> Client: ...
+
+    @abstractmethod
+    def subscriber(self, on_message: MessageHandler) -> Subscriber:
+        """A new set of pub/sub connections delivering every message of its channels to ``on_message``."""
+
+    @abstractmethod
+    def inbox_reader(self, pipe: CommandPipe, keys: Keys, group: str) -> InboxReader:
+        """A new reader of bot inboxes for one worker's queue."""
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class SingleServer(Topology):
+    """One Redis server: plain pub/sub on one connection, one blocking read over every inbox."""
+
+    kind = "single"
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.redis = client
+
+    @classmethod
+    def connect(cls, target: RedisTarget, max_connections: int) -> SingleServer:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            target.url, max_connections=max_connections, timeout=10, health_check_interval=15, socket_keepalive=True
+        )
+        # from_pool hands the pool to the client: Redis(connection_pool=...) would leave its sockets open on aclose()
+        return cls(aioredis.Redis.from_pool(pool))
+
+    @property
+    def client(self) -> aioredis.Redis:
+        return self.redis
+
+    def subscriber(self, on_message: MessageHandler) -> Subscriber:
+        return Subscriber(self.redis.connection_pool, on_message)
+
+    def inbox_reader(self, pipe: CommandPipe, keys: Keys, group: str) -> InboxReader:
+        return BlockingInboxReader(self.redis, pipe, keys, group)
+
+
+class SentinelServer(SingleServer):
+    """The master that Sentinel names: like one server, whose pool asks the sentinels where it is."""
+
+    kind = "sentinel"
+
+    @classmethod
+    def connect(cls, target: RedisTarget, max_connections: int) -> SingleServer:
+        sentinel_options: dict[str, object] = {
+            "socket_timeout": SENTINEL_TIMEOUT,
+            "socket_connect_timeout": SENTINEL_TIMEOUT,
+        }
+        if target.tls:
+            sentinel_options["ssl"] = True
+        sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_options)
+        # the pool asks the sentinels for the master's address on every new connection, so
+        # commands and pub/sub follow a failover once their old connection is dropped
+        return cls(sentinel.master_for(target.service, db=target.db, ssl=target.tls, **target.connection_options()))
+
+    async def close(self) -> None:
+        """Close the master's connections, and the connections to the sentinels too."""
+        pool = self.redis.connection_pool
+        await super().close()
+        if isinstance(pool, SentinelConnectionPool):
+            for sentinel in pool.sentinel_manager.sentinels:
+                await sentinel.aclose()
+
+
+class Cluster(Topology):
+    """Redis Cluster: sharded pub/sub per primary, inboxes read on notice."""
+
+    kind = "cluster"
+    publish_command = "SPUBLISH"
+    inbox_notices = True
+
+    def __init__(self, client: RedisCluster, target: RedisTarget) -> None:
+        self.cluster = client
+        self.target = target  # pub/sub opens its own connections to each primary with it
+
+    @classmethod
+    def connect(cls, target: RedisTarget, max_connections: int) -> Cluster:
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+            ssl=target.tls,
+            max_connections=max_connections,
+            **target.connection_options(),
+        )
+        return cls(client, target)
+
+    @property
+    def client(self) -> RedisCluster:
+        return self.cluster
+
+    def subscriber(self, on_message: MessageHandler) -> Subscriber:
+        return ShardedSubscriber(self.cluster, self.target, on_message)
+
+    def inbox_reader(self, pipe: CommandPipe, keys: Keys, group: str) -> InboxReader:
+        return NoticeInboxReader(self.subscriber, pipe, keys, group)
+
+
+KINDS: dict[str, type[SingleServer] | type[Cluster]] = {
+    "single": SingleServer,
+    "sentinel": SentinelServer,
+    "cluster": Cluster,
+}
+
+
+def open_topology(url: str, *, max_connections: int = 32) -> Topology:
+    """The topology of the deployment ``url`` names, with its client.
+
+    Raises SettingsError for a URL that cannot work; connects lazily, so no I/O happens here.
+    Close it with :meth:`Topology.close`.
+    """
+    try:
+        target = parse_redis_url(url)
+    except ValueError as exc:
+        raise SettingsError("CHAT_REDIS_URL", str(exc)) from None
+    return KINDS[target.kind].connect(target, max_connections)
