@@ -8,9 +8,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-import orjson
-
-from shared import protocol
+from shared import packets, protocol
 from shared.broker.base import Appended, BrokerUnavailable, EventHandler, HistoryPage, InboxFull, PresenceChange
 from shared.broker.redis_link import CommandPipe, Script
 from shared.broker.redis_topology import Topology
@@ -25,6 +23,10 @@ PRESENCE_LEAVE = Script("presence_leave")
 SET_STATUS = Script("set_status")
 REPLIED_TTL = 7 * 24 * 3600  # a retried request older than this is unlikely; keep markers a week
 WANTED_RUNNING = (BotStatus.STARTING.value, BotStatus.RUNNING.value)
+# the frames of an append are written here, with holes (NUL bytes, which JSON never holds raw)
+# where append.lua puts the id and the time Redis gave: frames (holes: id, ts), header (hole: id)
+HOLE = "\0"
+PACKET_HEADER = packets.pack(b"", message_id=HOLE)
 
 
 def now_ms() -> int:
@@ -92,6 +94,7 @@ class RedisHistory:
         self.keys = keys
         self.settings = settings
         self.publish_command = topology.publish_command  # the fan-out's: the appended message goes out as its events do
+        self.inbox_notices = topology.inbox_notices  # a queued request is announced to readers on a cluster
 
     async def append(self, room: str, tail: bytes, *, request: bool = False, reply_to: str | None = None) -> Appended:
         k = self.keys
@@ -99,14 +102,17 @@ class RedisHistory:
         args = [
             k.channel(room),
             tail,
+            protocol.compose_message(HOLE, tail),
+            protocol.compose_message(HOLE, tail, queued=True) if request else b"",
+            PACKET_HEADER,
             self.settings.history_max,
             int(self.settings.history_max_age * 1000),
             "1" if request else "0",
             reply_to or "",
             REPLIED_TTL,
-            orjson.dumps(room),
             self.publish_command,
             self.settings.inbox_max,
+            "1" if self.inbox_notices else "0",
         ]
         message_id, duplicate, queued = await self.pipe.script(APPEND, keys, args)
         message_id = _text(message_id)
@@ -264,8 +270,8 @@ class RedisBotRegistry:
         if bot is None:
             return None
         bot = bot.with_status(status, error)
-        frame = bot.status_frame(now_ms())
-        args = [status.value, error or "", self.keys.channel(bot_id), frame, self.publish_command, ",".join(expect)]
+        packet = packets.pack(bot.status_frame(now_ms()))
+        args = [status.value, error or "", self.keys.channel(bot_id), packet, self.publish_command, ",".join(expect)]
         if not await self.pipe.script(SET_STATUS, [self.keys.bot(bot_id)], args):
             return None
         wanted = "SADD" if status.value in WANTED_RUNNING else "SREM"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -39,84 +38,11 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 DEAD_LETTERS_MAX = 10_000  # per bot, approximate: the oldest go first
-
-
-class _Lua(Script):
-    """A script kept next to the code that calls it."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-
-# KEYS: 1 inbox. ARGV: 1 group, 2 consumer, 3 min idle ms, 4 count.
-# Returns {{id, fields, deliveries}, ...}: XAUTOCLAIM alone does not tell the delivery counts.
-RECLAIM = _Lua("""
-local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', ARGV[4])
-local out = {}
-for _, entry in ipairs(claimed[2]) do
-  if entry then
-    local info = redis.call('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1)
-    out[#out + 1] = {entry[1], entry[2], info[1][4]}
-  end
-end
-return out
-""")
-
-# KEYS: 1 inbox, 2 dead-letter stream, 3 "replied" marker of the request's message.
-# ARGV: 1 group, 2 entry id, 3 "1" to act only if the reply is stored, 4 publish command ("" = none),
-# 5 channel, 6 packet to publish once acknowledged; then for a dead letter 7 message id, 8 frame,
-# 9 reason, 10 attempts, 11 dead-letter max length.
-# Returns 1 if the entry was pending until now, 0 if it was gone, -1 if its reply is not stored.
-FINISH = _Lua("""
-if ARGV[3] == '1' and redis.call('EXISTS', KEYS[3]) == 0 then
-  return -1
-end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-local deleted = redis.call('XDEL', KEYS[1], ARGV[2])
-if deleted == 1 then
-  if ARGV[7] then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[11], '*', 'm', ARGV[7], 'f', ARGV[8], 'reason', ARGV[9],
-      'attempts', ARGV[10])
-  end
-  if ARGV[4] ~= '' then
-    redis.call(ARGV[4], ARGV[5], ARGV[6])
-  end
-end
-return deleted
-""")
-
-# KEYS: 1 inbox. ARGV: 1 group, 2 consumer, 3 entry id, 4 idle ms. A script so the reply is not parsed as entries.
-RELEASE = _Lua("""
-return redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[4], 'JUSTID')
-""")
-
-# KEYS: 1 lease. ARGV: 1 owner, 2 ttl ms, 3 "claim", "renew" or "release". Returns 1 on success.
-LEASE = _Lua("""
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  if ARGV[3] == 'release' then
-    redis.call('DEL', KEYS[1])
-  else
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  end
-  return 1
-end
-if ARGV[3] == 'claim' and not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-""")
-
-# KEYS: 1 workers sorted set. ARGV: 1 worker, 2 ttl ms. Scores are Redis's clock, not the workers'.
-HEARTBEAT = _Lua("""
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
-redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
-return redis.call('ZCARD', KEYS[1])
-""")
+RECLAIM = Script("reclaim")
+FINISH = Script("finish")
+RELEASE = Script("release")
+LEASE = Script("lease")
+HEARTBEAT = Script("heartbeat")
 
 
 class RedisBotQueue(BotQueue):

@@ -1,14 +1,31 @@
 -- Store a message in the room's history, publish it, and queue it for the bot: one round trip.
 -- KEYS: 1 history stream, 2 bot inbox stream, 3 bot hash, 4 "replied" marker of reply_to
--- ARGV: 1 channel, 2 frame tail ("room":...}), 3 history max length, 4 max age in ms (0 = none),
---       5 "1" to queue for the bot, 6 reply_to ("" = none), 7 marker TTL seconds,
---       8 room id as a JSON string, 9 publish command (PUBLISH or SPUBLISH),
---       10 most requests a bot's inbox may hold
+-- ARGV: 1 channel, 2 frame tail ("room":...}) kept in history,
+--       3 frame template, 4 frame template marked queued ("" unless a request),
+--       5 packet header template, 6 history max length, 7 max age in ms (0 = none),
+--       8 "1" to queue for the bot, 9 reply_to ("" = none), 10 marker TTL seconds,
+--       11 publish command (PUBLISH or SPUBLISH), 12 most requests a bot's inbox may hold,
+--       13 "1" to tell readers on the inbox's own shard channel that a request is queued
+-- Templates are written in Python (shared/broker/redis.py); each NUL byte in one is a hole that
+-- this script fills with the id or the time the XADD gave, in the order listed there. JSON as
+-- Python writes it never holds a raw NUL byte, so no other byte is taken for a hole.
 -- Returns {id, duplicate, queued}, or {"", 0, 0} when the bot's inbox is full (nothing stored).
-if ARGV[5] == '1' and redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[10]) then
+local function fill(template, ...)
+  local parts, start = {}, 1
+  for _, value in ipairs({...}) do
+    local hole = string.find(template, '\0', start, true)
+    parts[#parts + 1] = string.sub(template, start, hole - 1)
+    parts[#parts + 1] = value
+    start = hole + 1
+  end
+  parts[#parts + 1] = string.sub(template, start)
+  return table.concat(parts)
+end
+
+if ARGV[8] == '1' and redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[12]) then
   return {'', 0, 0}
 end
-if ARGV[6] ~= '' then
+if ARGV[9] ~= '' then
   local first = redis.call('GET', KEYS[4])
   if first then
     return {first, 1, 0}
@@ -17,31 +34,31 @@ end
 -- approximate trimming drops whole stream nodes (100 entries by default): exact below that size,
 -- so "an entry with twice history-max newer ones is gone" holds for every setting
 local trim = '~'
-if tonumber(ARGV[3]) < 100 then
+if tonumber(ARGV[6]) < 100 then
   trim = '='
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', trim, ARGV[3], '*', 't', ARGV[2])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', trim, ARGV[6], '*', 't', ARGV[2])
 local ms = string.match(id, '^(%d+)')
-if ARGV[4] ~= '0' then
+if ARGV[7] ~= '0' then
   -- exact: '~' only drops whole nodes, so a room with fewer than 100 messages would keep them forever
-  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', tonumber(ms) - tonumber(ARGV[4])))
+  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', tonumber(ms) - tonumber(ARGV[7])))
 end
-local head = '{"type":"message","id":"' .. id .. '","ts":' .. ms .. ','
-local frame = head .. ARGV[2]
+local frame = fill(ARGV[3], id, ms)
+local header = fill(ARGV[5], id)
 local queued = 0
-if ARGV[5] == '1' and redis.call('HGET', KEYS[3], 'status') ~= 'running' then
+if ARGV[8] == '1' and redis.call('HGET', KEYS[3], 'status') ~= 'running' then
   -- the live frame itself says the request waits for the bot: no extra frame to every member
   queued = 1
-  redis.call(ARGV[9], ARGV[1], id .. '\31\n' .. head .. '"queued":true,' .. ARGV[2])
+  redis.call(ARGV[11], ARGV[1], header .. fill(ARGV[4], id, ms))
 else
-  redis.call(ARGV[9], ARGV[1], id .. '\31\n' .. frame)
+  redis.call(ARGV[11], ARGV[1], header .. frame)
 end
-if ARGV[6] ~= '' then
-  redis.call('SET', KEYS[4], id, 'EX', ARGV[7])
+if ARGV[9] ~= '' then
+  redis.call('SET', KEYS[4], id, 'EX', ARGV[10])
 end
-if ARGV[5] == '1' then
+if ARGV[8] == '1' then
   redis.call('XADD', KEYS[2], '*', 'm', id, 'f', frame)
-  if ARGV[9] == 'SPUBLISH' then
+  if ARGV[13] == '1' then
     -- on a cluster workers cannot block on inboxes in many slots at once: they listen for this notice,
     -- sent on a shard channel named like the inbox key (same slot)
     redis.call('SPUBLISH', KEYS[2], '')
