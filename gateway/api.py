@@ -12,10 +12,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.appkeys import NODE
-from gateway.auth import Principal
 from gateway.bots import change_bot_state
 from gateway.handshake import authenticate, json_error
 from gateway.node import Node
+from gateway.principal import Principal
 from gateway.session import user_ref
 from shared import kinds, protocol
 from shared.broker import BrokerUnavailable, InboxFull

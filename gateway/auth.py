@@ -6,8 +6,7 @@
 The parts live beside this module: :mod:`gateway.principal` (the result and the error, plain
 data), :mod:`gateway.signing_keys` (which key may verify which algorithm),
 :mod:`gateway.jwks` (keys fetched from an identity provider), :mod:`gateway.claims` (the checks
-of a signed payload) and :mod:`gateway.mint` (tokens for the ephemeral and dev logins). The
-names other modules imported from here before the split stay importable from here.
+of a signed payload) and :mod:`gateway.mint` (tokens for the ephemeral and dev logins).
 """
 
 from __future__ import annotations
@@ -18,24 +17,10 @@ from collections.abc import Callable, Sequence
 import jwt
 
 from gateway.claims import claims_of, principal_from
-from gateway.jwks import JWKS_EMPTY_RETRY, JWKS_MIN_INTERVAL, JWKS_TTL, JwksCache
-from gateway.mint import mint_token
-from gateway.principal import AUTH_REASONS, AuthError, AuthReason, Principal
+from gateway.jwks import JwksCache
+from gateway.principal import AuthError, Principal
 from gateway.signing_keys import ASYMMETRIC_ALGORITHMS, SigningKey, hmac_key, load_pem
 from shared.settings import Settings, SettingsError
-
-__all__ = [
-    "AUTH_REASONS",
-    "JWKS_EMPTY_RETRY",
-    "JWKS_MIN_INTERVAL",
-    "JWKS_TTL",
-    "AuthError",
-    "AuthReason",
-    "Principal",
-    "TokenVerifier",
-    "mint_token",
-    "token_from_request",
-]
 
 _MAX_TOKEN_CHARS = 16384  # far above any real token; bounds the work an anonymous caller can cause
 

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 
 from gateway import events as ev
 from gateway.announcer import Announcer
-from gateway.auth import AuthError, TokenVerifier
+from gateway.auth import TokenVerifier
 from gateway.bots import change_bot_state
 from gateway.handshake import verify_unrevoked
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
+from gateway.principal import AuthError
 from shared.broker import Broker
 from shared.broker.base import BrokerUnavailable, InboxFull
 from shared.errors import ChatError, ErrorCode

@@ -23,13 +23,14 @@ from typing import Any
 from aiohttp import web
 
 from gateway.announcer import Announcer
-from gateway.auth import Principal, TokenVerifier
+from gateway.auth import TokenVerifier
 from gateway.carrier import Carrier
 from gateway.connection import Connection
 from gateway.connections import ConnectionTable
 from gateway.hub import Hub
 from gateway.intake import Intake
 from gateway.metrics import GatewayMetrics
+from gateway.principal import Principal
 from gateway.probe import Probe
 from gateway.ratelimit import KeyedLimits
 from gateway.session import Session, SessionLimits

@@ -20,17 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from gateway.auth import (
-    AUTH_REASONS,
-    JWKS_EMPTY_RETRY,
-    JWKS_MIN_INTERVAL,
-    JWKS_TTL,
-    AuthError,
-    Principal,
-    TokenVerifier,
-    mint_token,
-    token_from_request,
-)
+from gateway.auth import TokenVerifier, token_from_request
+from gateway.jwks import JWKS_EMPTY_RETRY, JWKS_MIN_INTERVAL, JWKS_TTL
+from gateway.mint import mint_token
+from gateway.principal import AUTH_REASONS, AuthError, Principal
 from shared.settings import Settings, SettingsError
 from tests.procs import TEST_SECRET, free_port, scaled
 

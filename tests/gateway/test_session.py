@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from gateway import events as ev
-from gateway.auth import Principal
+from gateway.principal import Principal
 from gateway.session import ABUSE_STRIKES, Session, SessionLimits
 from gateway.wire import text_frame
 from shared.errors import ChatError, CloseCode, ErrorCode
