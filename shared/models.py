@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from shared import server_frames
+
 BUILTIN_KINDS = ("echo", "webhook")
 MAX_BOT_NAME = 64
 
@@ -66,10 +68,7 @@ class Bot:
 
     def status_frame(self, ts: int) -> bytes:
         """The ``bot_status`` frame announcing the current status to the room."""
-        frame: dict[str, Any] = {"type": "bot_status", "bot": self.id, "status": self.status.value, "ts": ts}
-        if self.error:
-            frame["error"] = self.error
-        return orjson.dumps(frame)
+        return server_frames.encode(server_frames.BotStatusEvent(self.id, self.status.value, ts, self.error or None))
 
     def with_status(self, status: BotStatus, error: str | None = None) -> Bot:
         return replace(self, status=status, error=error)

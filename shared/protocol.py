@@ -1,8 +1,8 @@
 """Wire frames of protocol v1: typed client frames in, pre-encoded server frames out. No I/O.
 
 Client frames are decoded once into small frozen dataclasses that the session matches on.
-Server frames are encoded with orjson straight to bytes, because the gateway writes the same
-bytes to every member of a room.
+Server frames are typed in :mod:`shared.server_frames`; message frames are composed here around
+the id that only the history append knows.
 
 Between processes a server frame travels inside a *packet* (:mod:`shared.packets`).
 """
@@ -209,21 +209,8 @@ _TYPE_NAMES: dict[type, str] = {
 
 
 def encode(frame: dict[str, Any]) -> bytes:
-    """Encode a server frame."""
+    """JSON bytes of a frame given as a dict (typed server frames: :mod:`shared.server_frames`)."""
     return orjson.dumps(frame)
-
-
-def error_frame(code: ErrorCode, message: str, ref: str | int | None = None) -> bytes:
-    frame: dict[str, Any] = {"type": "error", "code": code.value, "message": message}
-    if ref is not None:
-        frame["ref"] = ref
-    return encode(frame)
-
-
-def with_ref(frame: dict[str, Any], ref: str | int | None) -> dict[str, Any]:
-    if ref is not None:
-        frame["ref"] = ref
-    return frame
 
 
 # -- message frames: composed around the id that only the history append knows -------------

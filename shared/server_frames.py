@@ -72,6 +72,35 @@ class BotStatusReply:
 
 
 @dataclass(frozen=True, slots=True)
+class BotStatusEvent:
+    """A bot's status changed; every member of its room hears it."""
+
+    bot: str
+    status: str
+    ts: int
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Where a worker is with one request (``queued``, ``thinking``, ``done``, ...)."""
+
+    room: str
+    message_id: str
+    state: str
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of a bot's reply while it is being written."""
+
+    room: str
+    reply_to: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class TypingEvent:
     room: str
     sender: dict[str, Any]
@@ -113,6 +142,9 @@ ServerFrame = (
     | Pong
     | AuthOk
     | BotStatusReply
+    | BotStatusEvent
+    | Status
+    | Delta
     | TypingEvent
     | PresenceEvent
     | Reconnect
@@ -127,13 +159,22 @@ _TYPES: dict[type, str] = {
     Pong: "pong",
     AuthOk: "auth_ok",
     BotStatusReply: "bot_status",
+    BotStatusEvent: "bot_status",
+    Status: "status",
+    Delta: "delta",
     TypingEvent: "typing",
     PresenceEvent: "presence",
     Reconnect: "reconnect",
     Error: "error",
     Probe: "probe",
 }
-_OPTIONAL = {"reason": None, "queued": False, "ref": None}  # keys left out while they hold these values
+_OPTIONAL = {
+    "reason": None,
+    "queued": False,
+    "ref": None,
+    "detail": None,
+    "error": None,
+}  # keys left out while they hold these values
 _RENAMED = {"sender": "from"}
 
 

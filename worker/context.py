@@ -16,7 +16,8 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from shared import packets, protocol
+from shared import packets
+from shared import server_frames as sf
 from shared.broker.base import BrokerUnavailable, FanOut
 from shared.broker.queue import Request
 from shared.models import Bot
@@ -33,10 +34,7 @@ def bot_sender(bot: Bot) -> dict[str, Any]:
 
 def status_packet(room: str, message_id: str, state: str, detail: str | None = None) -> bytes:
     """The pub/sub packet of a ``status`` frame."""
-    frame: dict[str, Any] = {"type": "status", "room": room, "message_id": message_id, "state": state}
-    if detail:
-        frame["detail"] = detail
-    return packets.pack(protocol.encode(frame))
+    return packets.pack(sf.encode(sf.Status(room, message_id, state, detail or None)))
 
 
 class RoomEvents:
@@ -67,12 +65,11 @@ class RoomEvents:
         return self.send(room, status_packet(room, message_id, state, detail))
 
     def typing(self, bot: Bot, state: bool) -> asyncio.Task[None]:
-        frame = {"type": "typing", "room": bot.id, "from": bot_sender(bot), "state": state}
-        return self.send(bot.id, packets.pack(protocol.encode(frame)))
+        frame = sf.TypingEvent(bot.id, bot_sender(bot), state)
+        return self.send(bot.id, packets.pack(sf.encode(frame)))
 
     def delta(self, room: str, reply_to: str, text: str) -> asyncio.Task[None]:
-        frame = {"type": "delta", "room": room, "reply_to": reply_to, "text": text}
-        return self.send(room, packets.pack(protocol.encode(frame)))
+        return self.send(room, packets.pack(sf.encode(sf.Delta(room, reply_to, text))))
 
     async def flush(self) -> None:
         """Wait until everything started so far is over (the worker stops: the broker closes next)."""
