@@ -12,15 +12,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
-import redis.asyncio as aioredis
-from redis.crc import key_slot
+from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import AskError, MovedError, RedisError, ResponseError
 
 from shared.broker.base import BrokerUnavailable
+from shared.broker.redis_compat import (
+    ReportingPubSub,
+    close_pubsub,
+    drop_connection,
+    forget_channel,
+    tracked_channels,
+)
 from shared.broker.redis_link import LINK_ERRORS
 from shared.logs import Throttled
 
@@ -34,41 +39,17 @@ MessageHandler = Callable[[bytes, bytes], None]
 What it raises is counted and logged, and the message is dropped: one bad message never ends the read loop."""
 
 
-class _PubSub(aioredis.client.PubSub):
-    """redis-py's PubSub that reports reconnections and resubscribes shard channels slot by slot."""
-
-    def __init__(self, pool: Any, *, on_reconnect: Callable[[], None]) -> None:
-        super().__init__(pool)
-        self._on_reconnect = on_reconnect
-        self._had_connection = False  # on_connect of the first connection is no reconnection
-
-    async def connect(self) -> None:
-        await super().connect()
-        self._had_connection = True
-
-    async def on_connect(self, connection: Any) -> None:
-        await super().on_connect(connection)  # resubscribes every channel still tracked
-        if self._had_connection:
-            self._on_reconnect()
-
-    async def _resubscribe_shard_channels(self) -> None:
-        # a node refuses one SSUBSCRIBE whose channels span slots (CROSSSLOT)
-        by_slot: dict[int, list[Any]] = defaultdict(list)
-        for channel in self.shard_channels:
-            by_slot[key_slot(self.encoder.encode(channel))].append(channel)
-        for channels in by_slot.values():
-            await self.execute_command("SSUBSCRIBE", *channels)
-
-
 class Link:
     """One pub/sub connection holding plain channels (SUBSCRIBE), and the task that reads it."""
 
-    def __init__(self, name: str, pool: Any, owner: Subscriber, *, owns_pool: bool) -> None:
+    shard: ClassVar[bool] = False  # holds shard channels (SSUBSCRIBE) instead
+
+    def __init__(self, name: str, pool: ConnectionPool, owner: Subscriber, *, owns_pool: bool) -> None:
         self.name = name  # the cluster node's "host:port", or "" for the only connection
         self.pool = pool
         self.owner = owner
         self.owns_pool = owns_pool  # a pool made for this node, closed with the link
-        self.pubsub = _PubSub(pool, on_reconnect=owner.reconnected)
+        self.pubsub = ReportingPubSub(pool, on_reconnect=owner.reconnected)
         # redis-py's PubSub opens a connection per concurrent first command; only the last is read
         self._commands = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -78,7 +59,7 @@ class Link:
 
     def channels(self) -> dict[Any, Any]:
         """The channels redis-py tracks on this connection (and subscribes again after a reconnect)."""
-        return self.pubsub.channels
+        return tracked_channels(self.pubsub, shard=self.shard)
 
     async def _send_subscribe(self, channel: bytes) -> None:
         await self.pubsub.subscribe(channel)
@@ -117,7 +98,7 @@ class Link:
 
     def forget(self, channel: bytes) -> None:
         """Stop tracking a channel the server no longer holds for us (its slot moved, or the node died)."""
-        self.channels().pop(channel, None)
+        forget_channel(self.pubsub, channel, shard=self.shard)
 
     async def _read(self, *, rebuild: bool = False) -> None:
         """Read and dispatch until nothing is subscribed; errors of the link are retried here, others end the task."""
@@ -125,10 +106,8 @@ class Link:
             if self._restart_delay:
                 await asyncio.sleep(self._restart_delay)
             # the dead loop may have left a reply half read: start on a fresh connection, which
-            # subscribes every tracked channel again and reports the gap (see _PubSub.on_connect)
-            connection = self.pubsub.connection
-            if connection is not None:
-                await connection.disconnect()
+            # subscribes every tracked channel again and reports the gap (see ReportingPubSub)
+            await drop_connection(self.pubsub)
         backoff = 0.1
         while self.pubsub.subscribed:  # with nothing left to read, the next subscribe starts a new reader
             try:
@@ -160,7 +139,7 @@ class Link:
             self.owner.on_message(channel, message["data"])
         elif kind in ("subscribe", "ssubscribe"):
             self.owner.confirmed(channel)
-        elif kind == "sunsubscribe" and channel in self.pubsub.shard_channels:
+        elif kind == "sunsubscribe" and channel in tracked_channels(self.pubsub, shard=True):
             # not asked for: the node gave the channel's slot away (resharding or failover)
             self.forget(channel)
             self.owner.trouble()
@@ -171,7 +150,7 @@ class Link:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         with contextlib.suppress(RedisError, OSError):
-            await self.pubsub.aclose()
+            await close_pubsub(self.pubsub)
         if self.owns_pool:
             await self.pool.aclose()
 
@@ -179,8 +158,7 @@ class Link:
 class ShardLink(Link):
     """A pub/sub connection to one cluster primary holding shard channels (SSUBSCRIBE)."""
 
-    def channels(self) -> dict[Any, Any]:
-        return self.pubsub.shard_channels
+    shard = True
 
     async def _send_subscribe(self, channel: bytes) -> None:
         await self.pubsub.ssubscribe(channel)
@@ -196,7 +174,7 @@ class Subscriber:
     can fill in from history. Subclasses spread channels over several links (see ``_owner``).
     """
 
-    def __init__(self, pool: Any, on_message: MessageHandler) -> None:
+    def __init__(self, pool: ConnectionPool | None, on_message: MessageHandler) -> None:
         self.pool = pool  # the client's pool: the one connection comes from it, and follows a failover
         self.on_message = on_message
         self.on_gap: Callable[[], None] | None = None
@@ -273,6 +251,7 @@ class Subscriber:
         """The link of the server that serves ``channel``: here the only one."""
         link = self._links.get("")
         if link is None:
+            assert self.pool is not None  # only a subclass that overrides _owner goes without
             link = self._links[""] = Link("", self.pool, self, owns_pool=False)
         return link
 

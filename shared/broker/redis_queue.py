@@ -29,6 +29,7 @@ from shared.broker.queue import (
     decode_request,
     id_key,
 )
+from shared.broker.redis_compat import close_pubsub
 from shared.broker.redis_link import CommandPipe, Script
 from shared.broker.redis_replies import fields as _fields
 from shared.broker.redis_replies import text as _text
@@ -212,7 +213,7 @@ class RedisBotQueue(BotQueue):
         if self._control is not None:
             control, self._control = self._control, None
             with contextlib.suppress(RedisError, OSError):
-                await control.aclose()
+                await close_pubsub(control)
 
     async def close(self) -> None:
         await self._close_control()

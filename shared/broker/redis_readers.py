@@ -20,6 +20,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from shared.broker.base import BrokerUnavailable
 from shared.broker.queue import GroupMissing, Request, decode_request
+from shared.broker.redis_compat import HeldConnection
 from shared.broker.redis_link import CommandPipe
 from shared.broker.redis_pubsub import MessageHandler, Subscriber
 from shared.broker.redis_replies import fields, streams, text
@@ -49,7 +50,7 @@ class BlockingInboxReader:
         self.pipe = pipe  # sends CLIENT UNBLOCK, which must not wait behind the blocked read
         self.keys = keys
         self.group = group
-        self._reader = client.client()  # held for blocking reads
+        self._reader = HeldConnection(client)  # held for blocking reads
         self._reader_id: int | None = None  # its CLIENT ID, for CLIENT UNBLOCK
         self._reading = False  # a blocking read is in flight
         self._woken = False  # a wake() that no blocked read took: the next read does not block
@@ -61,13 +62,11 @@ class BlockingInboxReader:
         try:
             if self._reader_id is None:
                 self._reader_id = await self._reader.client_id()  # connects the held connection too
-            connection = self._reader.connection
-            command, by_key = self._read_command(connection, consumer, bots, block_ms)
+            command, by_key = self._read_command(consumer, bots, block_ms)
             self._reading = True
             # straight on the held connection: the read is one command, packed once while the bots
             # stay the same, and needs none of the client's per-command machinery
-            await connection.send_packed_command(command, check_health=False)
-            raw = await connection.read_response()
+            raw = await self._reader.send(command)
         except ResponseError as exc:
             # NOGROUP: the inbox is gone; UNBLOCKED: it was deleted while the read waited on it
             if str(exc).startswith(("NOGROUP", "UNBLOCKED")):
@@ -76,9 +75,9 @@ class BlockingInboxReader:
         except (RedisError, OSError) as exc:
             self._reader_id = None
             # a held connection reconnects to its old address; one from the pool asks Sentinel for the master
-            reader, self._reader = self._reader, self.client.client()
+            reader, self._reader = self._reader, HeldConnection(self.client)
             with contextlib.suppress(RedisError, OSError):
-                await reader.aclose()
+                await reader.close()
             raise BrokerUnavailable(f"cannot read the inboxes: {exc}") from exc
         finally:
             self._reading = False
@@ -88,9 +87,7 @@ class BlockingInboxReader:
             for entry_id, entry in entries
         ]
 
-    def _read_command(
-        self, connection: Any, consumer: str, bots: Sequence[str], block_ms: int
-    ) -> tuple[list[bytes], dict[bytes, str]]:
+    def _read_command(self, consumer: str, bots: Sequence[str], block_ms: int) -> tuple[list[bytes], dict[bytes, str]]:
         """The packed XREADGROUP over ``bots`` and the bot of each inbox key; kept while they stay the same."""
         wanted = (consumer, tuple(bots), block_ms)
         if self._last_read is None or self._last_read[0] != wanted:
@@ -100,7 +97,7 @@ class BlockingInboxReader:
                 args += ["BLOCK", block_ms]
             args += ["STREAMS", *inboxes, *[">"] * len(inboxes)]
             by_key = {key.encode(): bot for key, bot in zip(inboxes, bots, strict=True)}
-            self._last_read = (wanted, connection.pack_command(*args), by_key)
+            self._last_read = (wanted, self._reader.pack(*args), by_key)
         return self._last_read[1], self._last_read[2]
 
     async def wake(self) -> None:
@@ -117,7 +114,7 @@ class BlockingInboxReader:
 
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError):
-            await self._reader.aclose()
+            await self._reader.close()
 
 
 class _InboxNotices:

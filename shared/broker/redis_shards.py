@@ -13,6 +13,7 @@ import logging
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
+from shared.broker.redis_compat import node_for, refresh_slots
 from shared.broker.redis_link import LINK_ERRORS, RedisTarget
 from shared.broker.redis_pubsub import Link, MessageHandler, ShardLink, Subscriber
 
@@ -42,19 +43,19 @@ class ShardedSubscriber(Subscriber):
     def _node_link(self, node: ClusterNode) -> Link:
         link = self._links.get(node.name)
         if link is None:
-            pool = self.target.node_pool(node.host, node.port)
+            pool = self.target.node_pool(node.host, int(node.port))  # annotated str | int; an int here
             link = self._links[node.name] = ShardLink(node.name, pool, self, owns_pool=True)
         return link
 
     async def _owner(self, channel: bytes) -> Link:
         await self.cluster.initialize()
-        return self._node_link(self.cluster.get_node_from_key(channel))
+        return self._node_link(node_for(self.cluster, channel))
 
     async def _rebalance(self) -> None:
         while True:
             self._again = False
             try:
-                await self.cluster.nodes_manager.initialize()
+                await refresh_slots(self.cluster)
             except LINK_ERRORS as exc:
                 # the links keep retrying and report trouble again, which brings us back here
                 log.warning("cannot read the cluster's slots: %s", exc)
@@ -70,7 +71,7 @@ class ShardedSubscriber(Subscriber):
         moved = failed = False
         for channel in list(self._wanted):
             try:
-                link = self._node_link(self.cluster.get_node_from_key(channel))
+                link = self._node_link(node_for(self.cluster, channel))
             except RedisClusterException:
                 continue  # the slot is not served right now; a later pass moves it
             moved |= self._where.get(channel, link.name) != link.name

@@ -14,12 +14,12 @@ what differs between them:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
+from shared.broker.redis_compat import sentinel_connections, sentinel_master
 from shared.broker.redis_link import Client, CommandPipe, RedisTarget, parse_redis_url
 from shared.broker.redis_pubsub import MessageHandler, Subscriber
 from shared.broker.redis_readers import BlockingInboxReader, InboxReader, NoticeInboxReader
@@ -87,24 +87,23 @@ class SentinelServer(SingleServer):
 
     @classmethod
     def connect(cls, target: RedisTarget, max_connections: int) -> SingleServer:
-        sentinel_options: dict[str, object] = {
+        sentinel_options: dict[str, Any] = {
             "socket_timeout": SENTINEL_TIMEOUT,
             "socket_connect_timeout": SENTINEL_TIMEOUT,
         }
         if target.tls:
             sentinel_options["ssl"] = True
-        sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_options)
+        options = {"db": target.db, "ssl": target.tls, **target.connection_options()}
         # the pool asks the sentinels for the master's address on every new connection, so
         # commands and pub/sub follow a failover once their old connection is dropped
-        return cls(sentinel.master_for(target.service, db=target.db, ssl=target.tls, **target.connection_options()))
+        return cls(sentinel_master(target.nodes, sentinel_options, target.service, options))
 
     async def close(self) -> None:
         """Close the master's connections, and the connections to the sentinels too."""
-        pool = self.redis.connection_pool
+        sentinels = sentinel_connections(self.redis)
         await super().close()
-        if isinstance(pool, SentinelConnectionPool):
-            for sentinel in pool.sentinel_manager.sentinels:
-                await sentinel.aclose()
+        for sentinel in sentinels:
+            await sentinel.aclose()
 
 
 class Cluster(Topology):

@@ -1,0 +1,154 @@
+"""Every use of redis-py beyond its documented API, in one place, each with the reason for it.
+
+redis-py is bounded below the next major version in ``pyproject.toml``; when raising that bound,
+check each item here against the new version (the contract, cluster and Sentinel suites exercise
+all of them). The rest of the broker uses only the public client, pipeline and pub/sub API.
+
+1. :class:`ReportingPubSub` overrides ``PubSub.connect`` and ``PubSub.on_connect``: redis-py
+   reconnects and resubscribes a pub/sub connection by itself and tells nobody, but events
+   published meanwhile are lost, so the gateway must hear of it to refill its rooms from history.
+2. It also overrides the private ``PubSub._resubscribe_shard_channels``: redis-py resubscribes
+   every shard channel in one SSUBSCRIBE, which a cluster node refuses (CROSSSLOT) once the
+   channels span slots; we send one SSUBSCRIBE per slot.
+3. :func:`tracked_channels` / :func:`forget_channel` read and change ``PubSub.channels`` and
+   ``PubSub.shard_channels``, the dicts redis-py resubscribes from: a channel whose slot moved to
+   another node must not be subscribed again on the old one after a reconnect.
+4. :func:`drop_connection` disconnects ``PubSub.connection``: a read loop that died may have
+   left a reply half read, and only a fresh connection (resubscribed by redis-py) is safe.
+5. :class:`HeldConnection` sends on the ``connection`` of a single-connection client with
+   ``pack_command``/``send_packed_command``/``read_response``: a worker's blocking XREADGROUP is
+   one command repeated with the same arguments, packed once, and must not go through the
+   client's retry wrapper (which would resend a read that may already have taken entries).
+6. :func:`refresh_slots` calls ``RedisCluster.nodes_manager.initialize()``: the public client
+   reads the slot map again only when a command gets MOVED, but pub/sub learns of a moved slot
+   from an SUNSUBSCRIBE or a dead link, and must find the new owner before anything is sent.
+7. :func:`sentinel_connections` reads ``SentinelConnectionPool.sentinel_manager.sentinels``:
+   closing the master's client leaves the connections to the sentinels open.
+
+It also gives types to the few public calls redis-py leaves unannotated (:func:`close_pubsub`,
+:func:`sentinel_master`), so that ``mypy --strict`` checks their callers.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection, ConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import SlotNotCoveredError
+
+
+class ReportingPubSub(PubSub):
+    """redis-py's PubSub that reports reconnections and resubscribes shard channels slot by slot."""
+
+    def __init__(self, pool: ConnectionPool, *, on_reconnect: Callable[[], None]) -> None:
+        super().__init__(pool)
+        self._on_reconnect = on_reconnect
+        self._had_connection = False  # on_connect of the first connection is no reconnection
+
+    async def connect(self) -> None:
+        await super().connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+        self._had_connection = True
+
+    async def on_connect(self, connection: Connection) -> None:
+        await super().on_connect(connection)  # resubscribes every channel still tracked
+        if self._had_connection:
+            self._on_reconnect()
+
+    async def _resubscribe_shard_channels(self) -> None:
+        by_slot: dict[int, list[Any]] = defaultdict(list)
+        for channel in self.shard_channels:
+            by_slot[key_slot(self.encoder.encode(channel))].append(channel)
+        for channels in by_slot.values():
+            await self.execute_command("SSUBSCRIBE", *channels)
+
+
+def tracked_channels(pubsub: PubSub, *, shard: bool) -> dict[Any, Any]:
+    """The channels redis-py holds on ``pubsub`` (and subscribes again after a reconnect)."""
+    return pubsub.shard_channels if shard else pubsub.channels
+
+
+def forget_channel(pubsub: PubSub, channel: bytes, *, shard: bool) -> None:
+    """Stop redis-py from subscribing ``channel`` again on this connection."""
+    tracked_channels(pubsub, shard=shard).pop(channel, None)
+
+
+async def drop_connection(pubsub: PubSub) -> None:
+    """Disconnect the pub/sub connection; the next read reconnects and resubscribes."""
+    connection = pubsub.connection
+    if connection is not None:
+        await connection.disconnect()
+
+
+async def close_pubsub(pubsub: PubSub) -> None:
+    await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+
+
+class HeldConnection:
+    """One connection of a client's pool, held for a blocking command that is sent as packed bytes."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client.client()  # a single-connection client: its connection stays ours
+
+    async def client_id(self) -> int:
+        """The connection's CLIENT ID (for CLIENT UNBLOCK); connects it if needed."""
+        return int(await self._client.client_id())
+
+    def _connection(self) -> Connection:
+        connection = self._client.connection
+        if connection is None:  # client_id() connects it; a caller that skipped it gets a link error
+            raise RedisConnectionError("the held connection is not connected")
+        return connection
+
+    def pack(self, *args: Any) -> list[bytes]:
+        return self._connection().pack_command(*args)
+
+    async def send(self, packed: list[bytes]) -> Any:
+        """Send ``packed`` and return its reply."""
+        connection = self._connection()
+        await connection.send_packed_command(packed, check_health=False)
+        return await connection.read_response()
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def node_for(cluster: RedisCluster, channel: bytes) -> ClusterNode:
+    """The primary that serves ``channel``'s slot now; raises SlotNotCoveredError when none does."""
+    # keyslot() takes bytes as they are (and encodes a str): the annotation is narrower than the code
+    node = cluster.get_node_from_key(cast(str, channel))
+    if node is None:  # only for replica=True, which we never ask for
+        raise SlotNotCoveredError(f"no node serves {channel!r}")
+    return node
+
+
+async def refresh_slots(cluster: RedisCluster) -> None:
+    """Read the cluster's slot map again, now."""
+    await cluster.nodes_manager.initialize()
+
+
+def sentinel_master(
+    sentinels: Sequence[tuple[str, int]],
+    sentinel_options: dict[str, Any],
+    service: str,
+    options: dict[str, Any],
+) -> aioredis.Redis:
+    """The client of the master that the sentinels name ``service``."""
+    sentinel = Sentinel(list(sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    # master_for is annotated to return Any; it builds redis_class, aioredis.Redis by default
+    return cast(aioredis.Redis, sentinel.master_for(service, **options))
+
+
+def sentinel_connections(client: aioredis.Redis) -> list[aioredis.Redis]:
+    """The clients of the sentinels behind a client from :func:`sentinel_master` (none for others)."""
+    pool = client.connection_pool
+    if not isinstance(pool, SentinelConnectionPool):
+        return []
+    return list(pool.sentinel_manager.sentinels)
