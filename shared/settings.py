@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.redis_url import parse_redis_url
+
 
 class SettingsError(ValueError):
     """A setting has a value the product cannot run with."""
@@ -39,10 +41,7 @@ def _origins(text: str) -> tuple[str, ...]:
 
 
 def _redis_url(text: str) -> str:
-    # parsing needs no I/O; imported here because the broker package imports these settings
-    from shared.broker.redis_link import parse_redis_url
-
-    parse_redis_url(text)
+    parse_redis_url(text)  # its ValueError becomes a SettingsError naming the setting (from_sources)
     return text
 
 

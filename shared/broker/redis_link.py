@@ -1,15 +1,13 @@
-"""The connection to Redis: the client for a URL, one pipelining writer, Lua scripts.
+"""The connection to Redis: connection options, one pipelining writer, Lua scripts.
 
 Every command a node sends in the hot path goes through :class:`CommandPipe`: callers enqueue
 and await a future, and one task sends whatever is queued as one pipeline. That keeps the number
 of connections fixed (redis-py's asyncio pool raises once more than its limit of commands is in
 flight), preserves the order of appends, and turns N round trips into one under load.
 
-Three deployments share this code: one Redis (``redis://``, ``rediss://``, ``unix://``), Redis
-Cluster (``redis+cluster://host:port[,host:port...]``) and Sentinel
-(``redis+sentinel://host:port[,host:port...]/master-name[/db]``). Pub/sub lives in
-:mod:`shared.broker.redis_pubsub`, and what differs between the three in
-:mod:`shared.broker.redis_topology`.
+Three deployments share this code: one Redis, Redis Cluster and Sentinel, named by URLs that
+:mod:`shared.redis_url` reads. Pub/sub lives in :mod:`shared.broker.redis_pubsub`, and what
+differs between the three deployments in :mod:`shared.broker.redis_topology`.
 """
 
 from __future__ import annotations
@@ -20,123 +18,41 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection
-from redis.asyncio.connection import parse_url as parse_plain_url
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from shared.broker.base import BrokerUnavailable
+from shared.redis_url import RedisTarget
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 512
 CONNECT_TIMEOUT = 5.0
-SCHEMES = {
-    "redis": "single",
-    "rediss": "single",
-    "unix": "single",
-    "redis+cluster": "cluster",
-    "rediss+cluster": "cluster",
-    "redis+sentinel": "sentinel",
-    "rediss+sentinel": "sentinel",
-}
-DEFAULT_PORTS = {"single": 6379, "cluster": 6379, "sentinel": 26379}
-
 Client = aioredis.Redis | RedisCluster
 # what a lost or refusing Redis raises; redis-py's cluster routing errors are not RedisErrors
 LINK_ERRORS = (RedisError, RedisClusterException, OSError)
 
 
-@dataclass(frozen=True)
-class RedisTarget:
-    """Where Redis is and how to log in, read from a URL without any I/O."""
-
-    kind: str  # "single", "cluster" or "sentinel"
-    url: str = field(repr=False)  # as given: redis-py reads single-server URLs itself
-    nodes: tuple[tuple[str, int], ...] = ()  # cluster seed nodes, or the sentinels
-    service: str = ""  # the master's name in Sentinel
-    db: int = 0
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls: bool = False
-
-    def connection_options(self) -> dict[str, Any]:
-        """Options of a connection to one Redis server of this deployment (not to a sentinel)."""
-        return {
-            "username": self.username,
-            "password": self.password,
-            "socket_keepalive": True,
-            "socket_connect_timeout": CONNECT_TIMEOUT,
-            "health_check_interval": 15,
-        }
-
-    def node_pool(self, host: str, port: int) -> aioredis.ConnectionPool:
-        """A pool of connections to one cluster node, for the pub/sub connections held open to it."""
-        connection_class = SSLConnection if self.tls else Connection
-        return aioredis.ConnectionPool(
-            host=host, port=port, connection_class=connection_class, **self.connection_options()
-        )
+def connection_options(target: RedisTarget) -> dict[str, Any]:
+    """Options of a connection to one Redis server of ``target`` (not to a sentinel)."""
+    return {
+        "username": target.username,
+        "password": target.password,
+        "socket_keepalive": True,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "health_check_interval": 15,
+    }
 
 
-def _host_port(text: str, default_port: int) -> tuple[str, int]:
-    if text.startswith("["):  # [::1]:7000
-        host, _, rest = text[1:].partition("]")
-        port_text = rest.removeprefix(":")
-    else:
-        host, _, port_text = text.rpartition(":") if ":" in text else (text, "", "")
-    if not host:
-        raise ValueError(f"no host in {text!r}")
-    if not port_text:
-        return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"bad port in {text!r}")
-    return host, int(port_text)
-
-
-def parse_redis_url(url: str) -> RedisTarget:
-    """Read a Redis URL; raises ValueError saying what is wrong with it. Does no I/O."""
-    parts = urlsplit(url)
-    kind = SCHEMES.get(parts.scheme)
-    if kind is None:
-        raise ValueError(f"unsupported scheme {parts.scheme!r}: expected one of {', '.join(SCHEMES)}")
-    if kind == "single":
-        parse_plain_url(url)  # raises ValueError for a bad port or option
-        if parts.scheme != "unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
-            raise ValueError(f"the path must be a database number, not {parts.path!r}")
-        return RedisTarget(kind, url)
-    if parts.query or parts.fragment:
-        raise ValueError("query options are not supported in cluster and sentinel URLs")
-    credentials, _, hosts = parts.netloc.rpartition("@")
-    username, _, password = credentials.partition(":")
-    nodes = tuple(_host_port(h.strip(), DEFAULT_PORTS[kind]) for h in hosts.split(",") if h.strip())
-    if not nodes:
-        raise ValueError("no host given")
-    path = [unquote(p) for p in parts.path.split("/") if p]
-    service, db = "", 0
-    if kind == "cluster" and path not in ([], ["0"]):
-        raise ValueError("Redis Cluster has only database 0")
-    if kind == "sentinel":
-        if not 1 <= len(path) <= 2:
-            raise ValueError("expected redis+sentinel://host:port[,host:port...]/master-name[/db]")
-        service = path[0]
-        if len(path) == 2:
-            if not path[1].isdigit():
-                raise ValueError(f"the database must be a number, not {path[1]!r}")
-            db = int(path[1])
-    return RedisTarget(
-        kind,
-        url,
-        nodes,
-        service,
-        db,
-        unquote(username) or None,
-        unquote(password) or None,
-        parts.scheme.startswith("rediss"),
+def node_pool(target: RedisTarget, host: str, port: int) -> aioredis.ConnectionPool:
+    """A pool of connections to one cluster node, for the pub/sub connections held open to it."""
+    connection_class = SSLConnection if target.tls else Connection
+    return aioredis.ConnectionPool(
+        host=host, port=port, connection_class=connection_class, **connection_options(target)
     )
 
 

@@ -14,8 +14,9 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from shared.broker.redis_compat import node_for, refresh_slots
-from shared.broker.redis_link import LINK_ERRORS, RedisTarget
+from shared.broker.redis_link import LINK_ERRORS, node_pool
 from shared.broker.redis_pubsub import Link, MessageHandler, ShardLink, Subscriber
+from shared.redis_url import RedisTarget
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class ShardedSubscriber(Subscriber):
     def _node_link(self, node: ClusterNode) -> Link:
         link = self._links.get(node.name)
         if link is None:
-            pool = self.target.node_pool(node.host, int(node.port))  # annotated str | int; an int here
+            pool = node_pool(self.target, node.host, int(node.port))  # annotated str | int; an int here
             link = self._links[node.name] = ShardLink(node.name, pool, self, owns_pool=True)
         return link
 

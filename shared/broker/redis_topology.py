@@ -20,12 +20,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from shared.broker.redis_compat import sentinel_connections, sentinel_master
-from shared.broker.redis_link import Client, CommandPipe, RedisTarget, parse_redis_url
+from shared.broker.redis_link import Client, CommandPipe, connection_options
 from shared.broker.redis_pubsub import MessageHandler, Subscriber
 from shared.broker.redis_readers import BlockingInboxReader, InboxReader, NoticeInboxReader
 from shared.broker.redis_shards import ShardedSubscriber
 from shared.keys import Keys
-from shared.settings import SettingsError
+from shared.redis_url import RedisTarget, parse_redis_url
 
 SENTINEL_TIMEOUT = 2.0  # a sentinel that does not answer in time is skipped for the next one
 
@@ -93,7 +93,7 @@ class SentinelServer(SingleServer):
         }
         if target.tls:
             sentinel_options["ssl"] = True
-        options = {"db": target.db, "ssl": target.tls, **target.connection_options()}
+        options = {"db": target.db, "ssl": target.tls, **connection_options(target)}
         # the pool asks the sentinels for the master's address on every new connection, so
         # commands and pub/sub follow a failover once their old connection is dropped
         return cls(sentinel_master(target.nodes, sentinel_options, target.service, options))
@@ -123,7 +123,7 @@ class Cluster(Topology):
             startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
             ssl=target.tls,
             max_connections=max_connections,
-            **target.connection_options(),
+            **connection_options(target),
         )
         return cls(client, target)
 
@@ -148,11 +148,8 @@ KINDS: dict[str, type[SingleServer] | type[Cluster]] = {
 def open_topology(url: str, *, max_connections: int = 32) -> Topology:
     """The topology of the deployment ``url`` names, with its client.
 
-    Raises SettingsError for a URL that cannot work; connects lazily, so no I/O happens here.
-    Close it with :meth:`Topology.close`.
+    Raises ValueError for a URL that cannot work (settings refuse those first); connects lazily,
+    so no I/O happens here. Close it with :meth:`Topology.close`.
     """
-    try:
-        target = parse_redis_url(url)
-    except ValueError as exc:
-        raise SettingsError("CHAT_REDIS_URL", str(exc)) from None
+    target = parse_redis_url(url)
     return KINDS[target.kind].connect(target, max_connections)

@@ -12,47 +12,16 @@ import pytest
 
 from shared import protocol
 from shared.broker.redis import RedisHistory
-from shared.broker.redis_link import CommandPipe, RedisTarget, parse_redis_url
+from shared.broker.redis_link import CommandPipe
 from shared.broker.redis_queue import RedisBotQueue
 from shared.broker.redis_topology import open_topology
 from shared.keys import Keys
-from shared.settings import Settings, SettingsError
+from shared.settings import Settings
 from tests.cluster.conftest import ChatNodes, ClusterSetup, chat_nodes
 from tests.conftest import make_token
 from tests.junk import JUNK
 from tests.procs import TEST_SECRET, scaled
 from tests.wsclient import ChatSocket
-
-
-def test_cluster_url_lists_seed_nodes_and_credentials() -> None:
-    """A cluster URL gives every seed node, the credentials and TLS; the password stays out of repr."""
-    target = parse_redis_url("rediss+cluster://app:s%40cret@10.0.0.1:7000,[::1]:7001,redis-2")
-    assert target == RedisTarget(
-        "cluster",
-        target.url,
-        (("10.0.0.1", 7000), ("::1", 7001), ("redis-2", 6379)),
-        username="app",
-        password="s@cret",
-        tls=True,
-    )
-    assert "s@cret" not in repr(target)
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "redis+cluster://h1:7000/3",
-        "redis+cluster://h1:notaport",
-        "redis+cluster://",
-        "redis+cluster://h1:7000?ssl_cert_reqs=none",
-        "redis://localhost:6379/abc",
-        "http://localhost",
-    ],
-)
-def test_bad_redis_url_is_a_settings_error(url: str) -> None:
-    """A URL that cannot work is refused before any connection, naming CHAT_REDIS_URL."""
-    with pytest.raises(SettingsError, match="CHAT_REDIS_URL"):
-        open_topology(url)
 
 
 @pytest.fixture

@@ -9,30 +9,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from shared.broker.redis_link import RedisTarget, parse_redis_url
-from shared.broker.redis_topology import open_topology
-from shared.settings import SettingsError
 from tests.cluster.conftest import MASTER_NAME, ChatNodes, SentinelSetup, chat_nodes
 from tests.conftest import make_token
 from tests.procs import GatewayNode, scaled, wait_until
 from tests.wsclient import ChatSocket
-
-
-def test_sentinel_url_names_sentinels_master_and_database() -> None:
-    """A sentinel URL gives the sentinels (default port 26379), the master's name, the database and the password."""
-    target = parse_redis_url("redis+sentinel://:pw@127.0.0.1:26380,sentinel-2/main/2")
-    assert target == RedisTarget(
-        "sentinel", target.url, (("127.0.0.1", 26380), ("sentinel-2", 26379)), "main", 2, password="pw"
-    )
-
-
-@pytest.mark.parametrize(
-    "url", ["redis+sentinel://h1:26379", "redis+sentinel://h1/main/x", "redis+sentinel://h1/a/1/2"]
-)
-def test_sentinel_url_without_a_usable_master_is_a_settings_error(url: str) -> None:
-    """A sentinel URL without a master name, or with a bad database, is refused naming CHAT_REDIS_URL."""
-    with pytest.raises(SettingsError, match="CHAT_REDIS_URL"):
-        open_topology(url)
 
 
 @pytest.fixture
