@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Collection
 from typing import Any
@@ -289,7 +290,8 @@ class RedisRevocations:
         self.keys = keys
 
     async def revoke(self, user: str, at: float, ttl: float) -> None:
-        await self.pipe.call("SET", self.keys.revoked(user), repr(at), "EX", max(1, int(ttl)))
+        # milliseconds, rounded up: a revocation must never end before ``ttl`` (EX would drop the fraction)
+        await self.pipe.call("SET", self.keys.revoked(user), repr(at), "PX", max(1, math.ceil(ttl * 1000)))
 
     async def revoked_at(self, user: str) -> float | None:
         value = await self.pipe.call("GET", self.keys.revoked(user))

@@ -1,21 +1,23 @@
-"""Broker nodes for the contract suite, built over memory or a private Redis.
+"""Broker nodes for the contract suite, built by ``make_broker`` over memory or a private Redis.
 
 Every test that asks for ``make_nodes`` runs once per implementation. ``make_nodes(n, **settings)``
-builds ``n`` nodes on one shared store: one ``MemoryStore`` for memory, one key prefix (and one
-client, pipe and pub/sub connection per node) for Redis. The fixture closes every node it built.
+builds ``n`` brokers on one shared state, as processes get them: one ``MemoryStore`` for memory,
+one Redis and key prefix (and each broker's own connections) for Redis. The fixture closes every
+node it built.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from shared import packets
-from shared.broker.base import BotRegistry, FanOut, History, Presence
+from shared.broker import Broker, make_broker
+from shared.broker.base import BotRegistry, FanOut, History, Presence, Revocations
 from shared.keys import Keys
 from shared.settings import Settings
 from tests.procs import TEST_SECRET, scaled
@@ -35,21 +37,41 @@ class Event:
 
 @dataclass
 class Node:
-    """One process's view of the shared state, with the events its fan-out handler received."""
+    """One process's broker, built by ``make_broker``, with the events its fan-out handler received."""
 
     kind: str
     settings: Settings
-    fanout: FanOut
-    history: History
-    presence: Presence
-    registry: BotRegistry
-    pipe: Any = None  # the Redis CommandPipe, for tests that look at Redis itself
-    keys: Keys | None = None
+    broker: Broker
+    keys: Keys
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
-    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.fanout.set_handler(self._handle)
+        self.broker.fanout.set_handler(self._handle)
+
+    @property
+    def fanout(self) -> FanOut:
+        return self.broker.fanout
+
+    @property
+    def history(self) -> History:
+        return self.broker.history
+
+    @property
+    def presence(self) -> Presence:
+        return self.broker.presence
+
+    @property
+    def registry(self) -> BotRegistry:
+        return self.broker.registry
+
+    @property
+    def revocations(self) -> Revocations:
+        return self.broker.revocations
+
+    @property
+    def pipe(self) -> Any:
+        """The Redis CommandPipe, for tests that look at Redis itself (None on memory)."""
+        return self.broker.pipe
 
     def _handle(self, room: str, packet: bytes) -> None:
         self.events.put_nowait(Event(room, *packets.unpack(packet)))
@@ -59,61 +81,25 @@ class Node:
         return await asyncio.wait_for(self.events.get(), TIMEOUT)
 
     async def close(self) -> None:
-        for close in self.closers:
-            await close()
+        await self.broker.close()
 
 
 MakeNodes = Callable[..., list[Node]]
 
 
-def _memory_builder() -> Callable[[int, dict[str, Any]], list[Node]]:
-    from shared.broker.memory import MemoryBotRegistry, MemoryFanOut, MemoryHistory, MemoryPresence, MemoryStore
-
-    def build(count: int, overrides: dict[str, Any]) -> list[Node]:
-        settings = Settings(**overrides)
-        store = MemoryStore(settings)
-        nodes = []
-        for _ in range(count):
-            fanout = MemoryFanOut(store)
-
-            async def close(fanout: MemoryFanOut = fanout) -> None:
-                fanout.close()
-
-            history, presence, registry = MemoryHistory(store), MemoryPresence(store), MemoryBotRegistry(store)
-            nodes.append(Node("memory", settings, fanout, history, presence, registry, closers=[close]))
-        return nodes
-
-    return build
+def build_nodes(kind: str, count: int, settings: Settings) -> list[Node]:
+    """``count`` brokers on one shared state: one store in memory, one Redis (and key prefix) otherwise."""
+    brokers = [make_broker(settings)]
+    brokers += [make_broker(settings, store=brokers[0].store) for _ in range(count - 1)]
+    return [Node(kind, settings, broker, Keys(settings.redis_prefix)) for broker in brokers]
 
 
-def _redis_builder(url: str, prefix: str) -> Callable[[int, dict[str, Any]], list[Node]]:
-    from shared.broker.redis import RedisBotRegistry, RedisFanOut, RedisHistory, RedisPresence
-    from shared.broker.redis_link import CommandPipe
-    from shared.broker.redis_topology import open_topology
-
-    def build(count: int, overrides: dict[str, Any]) -> list[Node]:
-        settings = Settings(redis_url=url, jwt_secret=TEST_SECRET, redis_prefix=prefix, **overrides)
-        keys = Keys(prefix)
-        nodes = []
-        for _ in range(count):
-            topology = open_topology(url)
-            pipe = CommandPipe(topology.client)
-            fanout = RedisFanOut(topology, pipe, keys)
-            node = Node(
-                "redis",
-                settings,
-                fanout,
-                RedisHistory(topology, pipe, keys, settings),
-                RedisPresence(pipe, keys, settings),
-                RedisBotRegistry(topology, pipe, keys),
-                pipe=pipe,
-                keys=keys,
-                closers=[fanout.close, pipe.close, topology.close],
-            )
-            nodes.append(node)
-        return nodes
-
-    return build
+def node_settings(kind: str, request: pytest.FixtureRequest, **overrides: Any) -> Settings:
+    """Settings of a test's nodes: no Redis URL for memory, the test's Redis and key prefix otherwise."""
+    if kind == "memory":
+        return Settings(**overrides)
+    url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    return Settings(redis_url=url, jwt_secret=TEST_SECRET, redis_prefix=prefix, **overrides)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -125,14 +111,10 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def make_nodes(backend: str, request: pytest.FixtureRequest) -> AsyncIterator[MakeNodes]:
     """A factory of nodes sharing one store; settings overrides are passed as keyword arguments."""
-    if backend == "redis":
-        build = _redis_builder(request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"))
-    else:
-        build = _memory_builder()
     built: list[Node] = []
 
     def make(count: int = 1, **overrides: Any) -> list[Node]:
-        nodes = build(count, overrides)
+        nodes = build_nodes(backend, count, node_settings(backend, request, **overrides))
         built.extend(nodes)
         return nodes
 

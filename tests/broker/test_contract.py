@@ -462,6 +462,42 @@ async def test_presence_expiry_keeps_a_user_with_another_live_connection(make_no
     assert (change.changed, change.count) == (True, 0)
 
 
+# -- revocations --------------------------------------------------------------------------------
+
+
+async def test_revocation_is_seen_by_every_node(make_nodes: MakeNodes) -> None:
+    """A revocation recorded on one node is read back on another; other users stay unrevoked."""
+    writer, reader = make_nodes(2)
+    assert await reader.revocations.revoked_at("mallory") is None
+    at = time.time()
+    await writer.revocations.revoke("mallory", at, 60)
+    assert await reader.revocations.revoked_at("mallory") == at
+    assert await reader.revocations.revoked_at("alice") is None
+
+
+async def test_a_later_revocation_replaces_the_earlier_one(make_nodes: MakeNodes) -> None:
+    """Revoking a user again moves the moment before which their tokens are refused."""
+    (node,) = make_nodes(1)
+    await node.revocations.revoke("mallory", 1000.5, 60)
+    await node.revocations.revoke("mallory", 2000.25, 60)
+    assert await node.revocations.revoked_at("mallory") == 2000.25
+
+
+async def test_revocation_lasts_its_whole_ttl_then_expires(make_nodes: MakeNodes) -> None:
+    """A revocation is kept for at least its TTL, fractions of a second included, and forgotten after it."""
+    (node,) = make_nodes(1)
+    ttl = 1.2  # not a whole number of seconds: a store that rounds it down would forget too early
+    started = time.monotonic()
+    await node.revocations.revoke("mallory", 1000.0, ttl)
+    deadline = started + ttl + TIMEOUT
+    while await node.revocations.revoked_at("mallory") is not None:
+        assert time.monotonic() < deadline, "the revocation never expired"
+        await asyncio.sleep(0.02)
+    assert time.monotonic() - started >= ttl
+    await node.revocations.revoke("mallory", 3000.0, 60)  # an expired revocation does not block a new one
+    assert await node.revocations.revoked_at("mallory") == 3000.0
+
+
 # -- bot registry -------------------------------------------------------------------------------
 
 

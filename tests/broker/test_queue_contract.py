@@ -10,32 +10,27 @@ from typing import Any
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
-from shared import packets
-from shared.broker.memory import MemoryFanOut, MemoryStore
+from shared import packets, protocol
+from shared.broker import make_broker
 from shared.broker.memory_queue import MemoryBotQueue
 from shared.broker.queue import BotQueue, GroupMissing
-from shared.broker.redis import RedisFanOut
-from shared.broker.redis_link import CommandPipe
-from shared.broker.redis_queue import RedisBotQueue
-from shared.broker.redis_topology import open_topology
-from shared.keys import Keys
-from shared.settings import Settings
-from tests.procs import TEST_SECRET, scaled
+from tests.broker.conftest import node_settings
+from tests.procs import scaled
 
 BOT = "bot1"
 OTHER = "bot2"
+BOT_SENDER = {"kind": "bot", "id": BOT}
 
 
 @dataclass
 class Harness:
     queue: BotQueue  # the queue of one worker
     peer: BotQueue  # another worker's queue on the same shared state
-    drop_inbox: Callable[[str], Any]  # delete a bot's inbox as deleting the bot does
-    mark_answered: Callable[[str, str], Any]  # record a reply to a message as history does
+    drop_inbox: Callable[[str], Any]  # delete the bot, and with it its inbox
+    mark_answered: Callable[[str, str], Any]  # append a reply to a message to history
     blocked: Callable[[], Any]  # true while a read waits
-    heard: list[bytes]  # packets published to BOT's room, in arrival order
+    heard: list[bytes]  # announcements published to BOT's room (not history messages), in arrival order
 
 
 def frame(message_id: str, text: str) -> bytes:
@@ -51,57 +46,30 @@ async def enqueue(queue: BotQueue, bot: str, text: str) -> str:
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def harness(request: pytest.FixtureRequest, redis_url: str, redis_prefix: str) -> AsyncIterator[Harness]:
-    if request.param == "memory":
-        store = MemoryStore(Settings())
-        queue, peer = MemoryBotQueue(store, Settings()), MemoryBotQueue(store, Settings())
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    """Two workers' brokers built by ``make_broker`` on one shared state, memory or Redis."""
+    settings = node_settings(request.param, request)
+    worker = make_broker(settings)
+    other = make_broker(settings, store=worker.store)
+    heard: list[bytes] = []
 
-        async def drop(bot: str) -> None:
-            store.streams.pop(f"inbox:{bot}", None)
+    def hear(_: str, packet: bytes) -> None:
+        if not packets.unpack(packet).message_id:  # announcements, not the replies history publishes
+            heard.append(packet)
 
-        async def mark(bot: str, message_id: str) -> None:
-            store.replied[(bot, message_id)] = "1-1"
+    async def mark(bot: str, message_id: str) -> None:
+        await worker.history.append(bot, protocol.message_tail(bot, BOT_SENDER, "answer"), reply_to=message_id)
 
-        async def blocked() -> bool:
-            return bool(queue._waiters)
+    async def blocked() -> bool:
+        if isinstance(worker.queue, MemoryBotQueue):
+            return bool(worker.queue._waiters)
+        return int((await worker.pipe.execute("INFO", "clients"))["blocked_clients"]) > 0
 
-        heard: list[bytes] = []
-        fanout = MemoryFanOut(store)
-        fanout.set_handler(lambda _, packet: heard.append(packet))
-        await fanout.subscribe(BOT)
-        yield Harness(queue, peer, drop, mark, blocked, heard)
-        fanout.close()
-        await queue.close()
-        await peer.close()
-        return
-    settings = Settings(redis_url=redis_url, redis_prefix=redis_prefix, jwt_secret=TEST_SECRET)
-    keys = Keys(redis_prefix)
-    topologies = [open_topology(redis_url), open_topology(redis_url)]
-    pipes = [CommandPipe(topology.client) for topology in topologies]
-    queue, peer = (RedisBotQueue(t, pipe, keys, settings) for t, pipe in zip(topologies, pipes, strict=True))
-    raw = aioredis.from_url(redis_url)
-
-    async def drop_redis(bot: str) -> None:
-        await raw.delete(keys.inbox(bot))
-
-    async def mark_redis(bot: str, message_id: str) -> None:
-        await raw.set(keys.replied(bot, message_id), "1-1")
-
-    async def blocked_redis() -> bool:
-        return int((await raw.info("clients"))["blocked_clients"]) > 0
-
-    heard_redis: list[bytes] = []
-    listener = RedisFanOut(topologies[1], pipes[1], keys)
-    listener.set_handler(lambda _, packet: heard_redis.append(packet))
-    await listener.subscribe(BOT)
-    yield Harness(queue, peer, drop_redis, mark_redis, blocked_redis, heard_redis)
-    await listener.close()
-    for q in (queue, peer):
-        await q.close()
-    for pipe, topology in zip(pipes, topologies, strict=True):
-        await pipe.close()
-        await topology.close()
-    await raw.aclose()
+    other.fanout.set_handler(hear)
+    await other.fanout.subscribe(BOT)
+    yield Harness(worker.queue, other.queue, worker.registry.delete, mark, blocked, heard)
+    await other.close()
+    await worker.close()
 
 
 async def until(predicate: Callable[[], Any], what: str, timeout: float = 5) -> None:
