@@ -12,6 +12,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from gateway import effects as fx
 from gateway import events as ev
 from gateway.announcer import Announcer
 from gateway.auth import TokenVerifier
@@ -52,13 +53,13 @@ class Carrier:
             "messages_published": metrics.messages_published,
         }
 
-    def count(self, effect: ev.Count) -> None:
+    def count(self, effect: fx.Count) -> None:
         if effect.counter == "frames_received":
             self._metrics.frames_received.labels(effect.label).inc()
         else:
             self._counters[effect.counter].inc()
 
-    async def run(self, connection: Connection, effect: ev.Effect) -> ev.Event | None:
+    async def run(self, connection: Connection, effect: fx.Effect) -> ev.Event | None:
         """Carry out one effect that needs I/O; its answer, if it has one."""
         try:
             return await self._run(connection, effect)
@@ -73,38 +74,38 @@ class Carrier:
             )
         except (BrokerUnavailable, OSError):
             self._metrics.redis_errors.inc()
-            message = "the message was not stored; send it again" if isinstance(effect, ev.Append) else None
+            message = "the message was not stored; send it again" if isinstance(effect, fx.Append) else None
             return ev.Failed(effect, ChatError(ErrorCode.UNAVAILABLE, message or "storage is unavailable; retry"))
         except Exception:
             log.exception("carrying out %s failed", type(effect).__name__, extra={"session": connection.session.id})
             return ev.Failed(effect, ChatError(ErrorCode.INTERNAL, "internal error"))
 
-    async def _run(self, connection: Connection, effect: ev.Effect) -> ev.Event | None:
+    async def _run(self, connection: Connection, effect: fx.Effect) -> ev.Event | None:
         broker, user = self._broker, connection.user
         match effect:
-            case ev.Append(room=room, tail=tail):
+            case fx.Append(room=room, tail=tail):
                 appended = await broker.history.append(room, tail, request=True)
                 return ev.Stored(effect, appended.id, appended.ts, appended.queued)
-            case ev.SetTyping(room=room, state=state):
+            case fx.SetTyping(room=room, state=state):
                 await self._announcer.typing_changed(room, user, state)
-            case ev.Announce(room=room, frame=frame):
+            case fx.Announce(room=room, frame=frame):
                 await self._announcer.publish(room, frame, exclude=user)
-            case ev.LookUpBot(bot=bot_id):
+            case fx.LookUpBot(bot=bot_id):
                 bot, members = await asyncio.gather(broker.registry.get(bot_id), broker.registry.members(bot_id))
                 return ev.BotFound(effect, bot, frozenset(members))
-            case ev.OpenRoom():
+            case fx.OpenRoom():
                 return await self._open_room(connection, effect)
-            case ev.LeaveRoom(room=room):
+            case fx.LeaveRoom(room=room):
                 await self.leave_room(connection, room)
-            case ev.ChangeBot(bot=bot, action=action):
+            case fx.ChangeBot(bot=bot, action=action):
                 return ev.BotChanged(effect, await change_bot_state(broker.registry, bot, action))
-            case ev.CheckToken(token=token):
+            case fx.CheckToken(token=token):
                 return ev.TokenChecked(effect, await verify_unrevoked(token, self._verifier, broker.revocations))
             case _:
                 raise TypeError(f"not an effect the carrier runs: {effect!r}")
         return None
 
-    async def _open_room(self, connection: Connection, effect: ev.OpenRoom) -> ev.RoomOpened:
+    async def _open_room(self, connection: Connection, effect: fx.OpenRoom) -> ev.RoomOpened:
         room, hub, settings = effect.room, self._hub, self._settings
         if room not in hub.rooms and len(hub.rooms) >= settings.max_rooms_per_node:
             raise ChatError(ErrorCode.UNAVAILABLE, "this node holds too many rooms; try again")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
+from gateway import effects as fx
 from gateway import events as ev
 from gateway.session import Session
 from gateway.wire import text_frame
@@ -97,18 +98,18 @@ class Connection:
         leaving = self.session.handle(ev.Closed(), time.time())
         await asyncio.gather(*(self._carrier.run(self, effect) for effect in leaving))
 
-    def _carry_out_here(self, effect: ev.Effect) -> bool:
+    def _carry_out_here(self, effect: fx.Effect) -> bool:
         """The effects that need only this socket; False for those the carrier runs."""
         match effect:
-            case ev.Send(frame=frame):
+            case fx.Send(frame=frame):
                 self.send(frame)
-            case ev.Write(framed=framed):
+            case fx.Write(framed=framed):
                 self.write(framed)
-            case ev.Close(code=code, reason=reason):
+            case fx.Close(code=code, reason=reason):
                 self.close(code, reason, self.session.close_reason)
-            case ev.Count():
+            case fx.Count():
                 self._carrier.count(effect)
-            case ev.Schedule(at=at):
+            case fx.Schedule(at=at):
                 self._schedule(at)
             case _:
                 return False

@@ -47,7 +47,7 @@ class Hub:
         members = self.rooms.get(room)
         if not members:
             return
-        message_id, exclude, frame = packet
+        message_id, exclude, frame, position = packet
         packets.check_frame(frame)
         recovering = self._recovering.get(room)
         if recovering is not None:
@@ -61,7 +61,7 @@ class Hub:
         for connection in tuple(members):
             if connection.user == exclude:
                 continue
-            if connection.session.pending and connection.session.buffered(room, message_id, framed):
+            if connection.session.pending and connection.session.buffered(room, message_id, position, framed):
                 continue
             connection.write(framed)
             delivered += 1

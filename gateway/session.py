@@ -17,12 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gateway import effects as fx
 from gateway import events as ev
+from gateway import replay
 from gateway.ratelimit import TokenBucket
 from shared import protocol
 from shared import server_frames as sf
 from shared.errors import ChatError, CloseCode, ErrorCode
-from shared.protocol import Auth, BotCommand, ClientFrame, Join, Leave, Ping, SendMessage, Typing
+from shared.packets import StreamPosition
+from shared.protocol import Auth, BotCommand, Cancel, ClientFrame, Join, Leave, Ping, SendMessage, Typing
 
 if TYPE_CHECKING:
     from gateway.principal import Principal
@@ -61,7 +64,7 @@ class Session:
         self.limits = limits
         self.rooms: set[str] = set()
         # rooms being joined: their live events wait here as (message id, framed bytes) until replay is done
-        self.pending: dict[str, list[tuple[str, bytes]]] = {}
+        self.pending: dict[str, list[replay.Waiting]] = {}
         self.closed = False  # a Close effect was returned: nothing more is sent
         self.close_reason = "client"  # the label the connection's end is counted under
         self._bucket = TokenBucket(limits.messages_per_second, limits.messages_burst, now)
@@ -76,7 +79,7 @@ class Session:
         """When the token expires, leeway included (wall clock)."""
         return self.principal.exp + self.limits.jwt_leeway
 
-    def buffered(self, room: str, message_id: str, framed: bytes) -> bool:
+    def buffered(self, room: str, message_id: str, position: StreamPosition | None, framed: bytes) -> bool:
         """Keep a live event of a room being joined; False when the room is not being joined.
 
         Not an event: it runs for every member of a room on every delivery, so it stays a
@@ -85,45 +88,49 @@ class Session:
         waiting = self.pending.get(room)
         if waiting is None:
             return False
-        waiting.append((message_id, framed))
+        waiting.append((message_id, position, framed))
         return True
 
-    def handle(self, event: ev.Event, now: float) -> list[ev.Effect]:
+    def handle(self, event: ev.Event, now: float) -> list[fx.Effect]:
         """Everything the connection must do because of ``event``, in order."""
         match event:
             case ev.Received(text=text):
                 return self._received(text, now)
-            case ev.BotFound() | ev.RoomOpened() | ev.Stored() | ev.BotChanged() | ev.TokenChecked() | ev.Failed():
-                return self._answered(event)
-            case _:
+            case ev.ReceivedBinary() | ev.Opened() | ev.DeadlineReached() | ev.Closed() | ev.Evicted() | ev.Revoked():
                 return self._lifecycle(event, now)
+            case _:
+                return self._answered(event)
 
-    def _answered(self, answer: ev.Event) -> list[ev.Effect]:
+    def _answered(self, answer: ev.Event) -> list[fx.Effect]:
         match answer:
             case ev.BotFound():
                 return self._bot_found(answer)
             case ev.RoomOpened():
                 return self._room_opened(answer)
             case ev.Stored(request=request, id=message_id, ts=ts, queued=queued):
-                return [ev.Count("messages_published"), self._send(sf.Ack(message_id, ts, queued, request.ref))]
+                return [fx.Count("messages_published"), self._send(sf.Ack(message_id, ts, queued, request.ref))]
             case ev.BotChanged(request=request, bot=bot):
                 return [self._send(sf.BotStatusReply(bot.id, bot.status.value, request.ref))]
             case ev.TokenChecked(request=request, principal=principal):
                 return self._token_checked(request, principal)
+            case ev.RequestFound():
+                return self._request_found(answer)
+            case ev.Cancelled(request=request):
+                return [self._send(sf.CancelOk(request.room, request.message, request.ref))]
             case ev.Failed(request=request, error=error):
                 return self._failed(request, error)
         raise TypeError(f"not an answer: {answer!r}")
 
-    def _lifecycle(self, event: ev.Event, now: float) -> list[ev.Effect]:
+    def _lifecycle(self, event: ev.Event, now: float) -> list[fx.Effect]:
         match event:
             case ev.Opened():
                 welcome = sf.Welcome(
                     protocol.PROTOCOL_VERSION, self.id, self.user, self.limits.node_id, self.limits.heartbeat
                 )
-                return [self._send(welcome), ev.Schedule(self.deadline)]
+                return [self._send(welcome), fx.Schedule(self.deadline)]
             case ev.DeadlineReached():
                 if now < self.deadline:
-                    return [ev.Schedule(self.deadline)]  # refreshed meanwhile
+                    return [fx.Schedule(self.deadline)]  # refreshed meanwhile
                 message = "the token expired; reconnect with a new one"
                 return self._close(CloseCode.AUTH, "token expired", "expired", ErrorCode.TOKEN_EXPIRED, message)
             case ev.Evicted(room=room):
@@ -131,7 +138,7 @@ class Session:
                     return []
                 self.rooms.discard(room)
                 self.pending.pop(room, None)
-                return [self._send(sf.Left(room, "removed")), ev.LeaveRoom(room)]
+                return [self._send(sf.Left(room, "removed")), fx.LeaveRoom(room)]
             case ev.Revoked():
                 return self._close(
                     CloseCode.AUTH, "revoked", "revoked", ErrorCode.UNAUTHORIZED, "your access was revoked"
@@ -139,102 +146,106 @@ class Session:
             case ev.ReceivedBinary():
                 self.close_reason = "binary"
                 self.closed = True
-                return [ev.Close(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")]
+                return [fx.Close(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")]
             case ev.Closed():
                 rooms = [*self.rooms, *self.pending]
                 self.rooms.clear()
                 self.pending.clear()
                 self.closed = True
-                return [ev.LeaveRoom(room) for room in rooms]
+                return [fx.LeaveRoom(room) for room in rooms]
         raise TypeError(f"not a session event: {event!r}")
 
     # -- client frames -----------------------------------------------------------------------
-    def _received(self, text: str, now: float) -> list[ev.Effect]:
+    def _received(self, text: str, now: float) -> list[fx.Effect]:
         if self.closed:
             return []
         if not self._bucket.take(now):
             self._strikes += 1
-            effects: list[ev.Effect] = [
-                ev.Count("rate_limited"),
+            effects: list[fx.Effect] = [
+                fx.Count("rate_limited"),
                 self._send(sf.Error(ErrorCode.RATE_LIMITED, "slow down", protocol.peek_ref(text))),
             ]
             if self._strikes >= ABUSE_STRIKES:
                 self.close_reason = "rate_limited"
                 self.closed = True
-                effects.append(ev.Close(CloseCode.POLICY, "rate limit exceeded"))
+                effects.append(fx.Close(CloseCode.POLICY, "rate limit exceeded"))
             return effects
         self._strikes = 0
         try:
             frame = protocol.decode_client_frame(text, max_text_length=self.limits.max_text_length)
         except ChatError as exc:
             return [self._send(sf.Error(exc.code, exc.message, getattr(exc, "ref", None)))]
-        return [ev.Count("frames_received", protocol.frame_type(frame)), *self._frame(frame)]
+        return [fx.Count("frames_received", protocol.frame_type(frame)), *self._frame(frame)]
 
-    def _frame(self, frame: ClientFrame) -> list[ev.Effect]:
+    def _frame(self, frame: ClientFrame) -> list[fx.Effect]:
         match frame:
-            case SendMessage(room=room, text=text, ref=ref):
+            case SendMessage(room=room, text=text, ref=ref, client_id=client_id):
                 if room not in self.rooms:
                     return [self._refuse(room, ref)]
-                tail = protocol.message_tail(room, user_ref(self.principal), text)
-                return [ev.SetTyping(room, False), ev.Append(room, tail, ref)]
+                tail = protocol.message_tail(room, user_ref(self.principal), text, client_id=client_id)
+                return [fx.SetTyping(room, False), fx.Append(room, tail, ref, client_id)]
+            case Cancel(room=room, message=message, ref=ref):
+                if room not in self.rooms:
+                    return [self._refuse(room, ref)]
+                return [fx.LookUpRequest(room, message, ref)]
             case Typing(room=room, state=state, ref=ref):
-                return [ev.SetTyping(room, state)] if room in self.rooms else [self._refuse(room, ref)]
+                return [fx.SetTyping(room, state)] if room in self.rooms else [self._refuse(room, ref)]
             case Join(room=room, since=since, ref=ref):
                 return self._join(room, since, ref)
             case Leave(room=room, ref=ref):
                 if room not in self.rooms:
                     return [self._refuse(room, ref)]
                 self.rooms.discard(room)
-                return [ev.LeaveRoom(room), self._send(sf.Left(room, ref=ref))]
+                return [fx.LeaveRoom(room), self._send(sf.Left(room, ref=ref))]
             case Ping(ref=ref):
                 return [self._send(sf.Pong(ref))]
             case BotCommand(bot=bot, action=action, ref=ref):
-                return [ev.LookUpBot(bot, ev.Purpose.MANAGE, ref, action=action)]
+                return [fx.LookUpBot(bot, fx.Purpose.MANAGE, ref, action=action)]
             case Auth(token=token, ref=ref):
-                return [ev.CheckToken(token, ref)]
+                return [fx.CheckToken(token, ref)]
 
-    def _join(self, room: str, since: str | None, ref: ev.Ref) -> list[ev.Effect]:
+    def _join(self, room: str, since: str | None, ref: fx.Ref) -> list[fx.Effect]:
         if room in self.pending:
             return [self._error(ErrorCode.BAD_REQUEST, "already joining this room", ref)]
         if room not in self.rooms and len(self.rooms) + len(self.pending) >= self.limits.max_rooms:
             return [self._error(ErrorCode.RATE_LIMITED, f"at most {self.limits.max_rooms} rooms", ref)]
-        return [ev.LookUpBot(room, ev.Purpose.JOIN, ref, since=since)]
+        return [fx.LookUpBot(room, fx.Purpose.JOIN, ref, since=since)]
 
     @staticmethod
-    def _refuse(room: str, ref: ev.Ref) -> ev.Effect:
+    def _refuse(room: str, ref: fx.Ref) -> fx.Effect:
         """A frame for a room this connection has not joined: the lookup decides which error."""
-        return ev.LookUpBot(room, ev.Purpose.REFUSE, ref)
+        return fx.LookUpBot(room, fx.Purpose.REFUSE, ref)
 
     # -- answers -----------------------------------------------------------------------------
-    def _bot_found(self, found: ev.BotFound) -> list[ev.Effect]:
+    def _bot_found(self, found: ev.BotFound) -> list[fx.Effect]:
         request, bot = found.request, found.bot
         if bot is None:
             return [self._error(ErrorCode.NOT_FOUND, f"no bot {request.bot!r}", request.ref)]
         principal = self.principal
         match request.purpose:
-            case ev.Purpose.MANAGE:
+            case fx.Purpose.MANAGE:
                 if not bot.may_manage(principal.user, is_admin=principal.is_admin):
                     message = "only the owner or an admin may start or stop this bot"
                     return [self._error(ErrorCode.FORBIDDEN, message, request.ref)]
-                return [ev.ChangeBot(bot, request.action, request.ref)]
-            case ev.Purpose.JOIN:
+                return [fx.ChangeBot(bot, request.action, request.ref)]
+            case fx.Purpose.JOIN:
                 if not bot.may_use(principal.user, is_admin=principal.is_admin, members=found.members):
                     return [self._error(ErrorCode.FORBIDDEN, "you may not join this room", request.ref)]
                 self.pending[bot.id] = []
                 self.rooms.discard(bot.id)  # a rejoin replays like a first join
-                return [ev.OpenRoom(bot.id, request.since, bot, request.ref)]
-            case ev.Purpose.REFUSE:
+                return [fx.OpenRoom(bot.id, request.since, bot, request.ref)]
+            case fx.Purpose.REFUSE:
                 if not bot.may_use(principal.user, is_admin=principal.is_admin, members=found.members):
                     return [self._error(ErrorCode.FORBIDDEN, "you may not use this room", request.ref)]
                 return [self._error(ErrorCode.BAD_REQUEST, "join the room first", request.ref)]
 
-    def _room_opened(self, opened: ev.RoomOpened) -> list[ev.Effect]:
-        """Joined: the reply, the missed messages, then the live events buffered meanwhile, once each."""
+    def _room_opened(self, opened: ev.RoomOpened) -> list[fx.Effect]:
+        """Joined: the reply, then what was missed and the live events buffered meanwhile, once each."""
         request = opened.request
         room = request.room
         waiting = self.pending.pop(room, None)
         if waiting is None:
-            return [ev.LeaveRoom(room)]  # evicted while joining: the client was told with left
+            return [fx.LeaveRoom(room)]  # evicted while joining: the client was told with left
         joined = sf.Joined(
             room,
             request.bot.summary(),
@@ -244,42 +255,49 @@ class Session:
             opened.recovered,
             request.ref,
         )
-        effects: list[ev.Effect] = [self._send(joined)]
-        effects += [ev.Send(frame) for _, frame in opened.replay]
-        newest = opened.replay[-1][0] if opened.replay else request.since
-        for message_id, framed in waiting:
-            if message_id and newest is not None and not protocol.id_newer(message_id, newest):
-                continue  # already replayed from history
-            effects.append(ev.Write(framed))
+        effects: list[fx.Effect] = [self._send(joined)]
+        effects += replay.merged(room, request.since, opened.replay, opened.streams, waiting)
         self.rooms.add(room)
         if opened.first_here and opened.member_count <= self.limits.presence_limit:
-            effects.append(ev.Announce(room, sf.encode(sf.PresenceEvent(room, self.user, "join"))))
+            effects.append(fx.Announce(room, sf.encode(sf.PresenceEvent(room, self.user, "join"))))
         return effects
 
-    def _token_checked(self, request: ev.CheckToken, principal: Principal) -> list[ev.Effect]:
+    def _request_found(self, found: ev.RequestFound) -> list[fx.Effect]:
+        """A cancel: the sender, the bot's owner and admins may stop a reply that has not ended."""
+        request, bot, principal = found.request, found.bot, self.principal
+        if bot is None or found.state is ev.RequestState.UNKNOWN:
+            return [self._error(ErrorCode.NOT_FOUND, f"no message {request.message!r} for the bot", request.ref)]
+        if found.sender != principal.user and not bot.may_manage(principal.user, is_admin=principal.is_admin):
+            message = "only the sender, the bot's owner or an admin may stop this reply"
+            return [self._error(ErrorCode.FORBIDDEN, message, request.ref)]
+        if found.state is ev.RequestState.ENDED:
+            return [self._error(ErrorCode.CONFLICT, "the reply already ended", request.ref)]
+        return [fx.CancelReply(request.room, request.message, request.ref)]
+
+    def _token_checked(self, request: fx.CheckToken, principal: Principal) -> list[fx.Effect]:
         if principal.user != self.user:
             return [self._error(ErrorCode.FORBIDDEN, "the new token is for another user", request.ref)]
         self.principal = principal
-        return [ev.Schedule(self.deadline), self._send(sf.AuthOk(int(principal.exp), request.ref))]
+        return [fx.Schedule(self.deadline), self._send(sf.AuthOk(int(principal.exp), request.ref))]
 
-    def _failed(self, request: ev.Effect, error: ChatError) -> list[ev.Effect]:
-        effects: list[ev.Effect] = []
-        if isinstance(request, ev.OpenRoom) and self.pending.pop(request.room, None) is not None:
-            effects.append(ev.LeaveRoom(request.room))  # undo what part of the join did happen
+    def _failed(self, request: fx.Effect, error: ChatError) -> list[fx.Effect]:
+        effects: list[fx.Effect] = []
+        if isinstance(request, fx.OpenRoom) and self.pending.pop(request.room, None) is not None:
+            effects.append(fx.LeaveRoom(request.room))  # undo what part of the join did happen
         ref = getattr(request, "ref", None)
         effects.append(self._error(error.code, error.message, ref))
         return effects
 
     # -- frames ------------------------------------------------------------------------------
-    def _send(self, frame: sf.ServerFrame) -> ev.Send:
-        return ev.Send(sf.encode(frame))
+    def _send(self, frame: sf.ServerFrame) -> fx.Send:
+        return fx.Send(sf.encode(frame))
 
-    def _error(self, code: ErrorCode, message: str, ref: ev.Ref) -> ev.Send:
+    def _error(self, code: ErrorCode, message: str, ref: fx.Ref) -> fx.Send:
         return self._send(sf.Error(code, message, ref))
 
-    def _close(self, code: int, reason: str, label: str, error: ErrorCode, message: str) -> list[ev.Effect]:
+    def _close(self, code: int, reason: str, label: str, error: ErrorCode, message: str) -> list[fx.Effect]:
         if self.closed:
             return []
         self.closed = True
         self.close_reason = label
-        return [self._error(error, message, None), ev.Close(code, reason)]
+        return [self._error(error, message, None), fx.Close(code, reason)]

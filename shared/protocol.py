@@ -23,6 +23,8 @@ PROTOCOL_VERSION = 1
 ROOM_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\Z")
 MESSAGE_ID = re.compile(r"^[0-9]{1,15}-[0-9]{1,10}\Z")
 MAX_REF_LENGTH = 64
+# a client's own id for a message it sends, so a resend after a reconnect is stored once
+CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,16 @@ class Leave:
 class SendMessage:
     room: str
     text: str
+    ref: str | int | None
+    client_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Stop the bot's reply to ``message`` (the id of the user message it answers)."""
+
+    room: str
+    message: str
     ref: str | int | None
 
 
@@ -70,7 +82,7 @@ class Auth:
     ref: str | int | None
 
 
-ClientFrame = Join | Leave | SendMessage | Typing | BotCommand | Ping | Auth
+ClientFrame = Join | Leave | SendMessage | Cancel | Typing | BotCommand | Ping | Auth
 
 
 def _ref(frame: dict[str, Any]) -> str | int | None:
@@ -113,8 +125,25 @@ def validate_since(since: object, ref: str | int | None = None) -> str | None:
     return since
 
 
+def validate_client_id(client_id: object, ref: str | int | None = None) -> str | None:
+    """Return ``client_id`` when absent or 1-64 letters, digits, '_', '.', ':' or '-'; raise otherwise."""
+    if client_id is None:
+        return None
+    if not isinstance(client_id, str) or not CLIENT_ID.match(client_id):
+        raise ProtocolError("client_id must be 1-64 letters, digits, '_', '.', ':' or '-'", ref=ref)
+    return client_id
+
+
 def _message(frame: dict[str, Any], ref: str | int | None, max_text: int) -> ClientFrame:
-    return SendMessage(_room(frame, "room", ref), _text(frame, ref, max_text), ref)
+    room, text = _room(frame, "room", ref), _text(frame, ref, max_text)
+    return SendMessage(room, text, ref, validate_client_id(frame.get("client_id"), ref))
+
+
+def _cancel(frame: dict[str, Any], ref: str | int | None, _: int) -> ClientFrame:
+    message = frame.get("message")
+    if not isinstance(message, str) or not MESSAGE_ID.match(message):
+        raise ProtocolError("message must be the id of a message in this room", ref=ref)
+    return Cancel(_room(frame, "room", ref), message, ref)
 
 
 def _typing(frame: dict[str, Any], ref: str | int | None, _: int) -> ClientFrame:
@@ -153,6 +182,7 @@ def _auth(frame: dict[str, Any], ref: str | int | None, _: int) -> ClientFrame:
 
 _DECODERS = {
     "message": _message,
+    "cancel": _cancel,
     "typing": _typing,
     "join": _join,
     "leave": _leave,
@@ -200,6 +230,7 @@ def frame_type(frame: ClientFrame) -> str:
 
 _TYPE_NAMES: dict[type, str] = {
     SendMessage: "message",
+    Cancel: "cancel",
     Typing: "typing",
     Join: "join",
     Leave: "leave",
@@ -218,15 +249,28 @@ def encode(frame: dict[str, Any]) -> bytes:
 MESSAGE_HEAD = b'{"type":"message","id":"'
 
 
-def message_tail(room: str, sender: dict[str, Any], text: str, reply_to: str | None = None) -> bytes:
+def message_tail(
+    room: str,
+    sender: dict[str, Any],
+    text: str,
+    reply_to: str | None = None,
+    *,
+    client_id: str | None = None,
+    state: str | None = None,
+) -> bytes:
     """The part of a message frame after ``id`` and ``ts``: ``"room":...}``.
 
     The broker appends it to history and builds the frame with :func:`compose_message`, so the
-    history id is inside the frame every member receives.
+    history id is inside the frame every member receives. ``client_id`` is the sender's own id
+    of the message; ``state`` marks a bot reply that did not complete (``"cancelled"``).
     """
     body: dict[str, Any] = {"room": room, "from": sender, "text": text}
     if reply_to is not None:
         body["reply_to"] = reply_to
+    if client_id is not None:
+        body["client_id"] = client_id
+    if state is not None:
+        body["state"] = state
     return orjson.dumps(body)[1:]
 
 

@@ -93,11 +93,37 @@ class Status:
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """A piece of a bot's reply while it is being written."""
+    """The next piece of a bot's reply while it is being written: the ``seq``-th of ``attempt``."""
 
     room: str
     reply_to: str
     text: str
+    attempt: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """A reply in progress as it stands: its text through piece ``seq`` of ``attempt``.
+
+    Sent to a joining client for every reply in flight (then the deltas after ``seq``), and to
+    the room when a new attempt starts the reply again (``seq`` 0, no text).
+    """
+
+    room: str
+    reply_to: str
+    text: str
+    attempt: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOk:
+    """The cancel was accepted; the reply ends ``cancelled`` (or never starts)."""
+
+    room: str
+    message: str
+    ref: Ref = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +171,8 @@ ServerFrame = (
     | BotStatusEvent
     | Status
     | Delta
+    | Stream
+    | CancelOk
     | TypingEvent
     | PresenceEvent
     | Reconnect
@@ -162,6 +190,8 @@ _TYPES: dict[type, str] = {
     BotStatusEvent: "bot_status",
     Status: "status",
     Delta: "delta",
+    Stream: "stream",
+    CancelOk: "cancel_ok",
     TypingEvent: "typing",
     PresenceEvent: "presence",
     Reconnect: "reconnect",

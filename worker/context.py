@@ -16,14 +16,18 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from shared import packets
+import orjson
+
+from shared import packets, protocol
 from shared import server_frames as sf
-from shared.broker.base import BrokerUnavailable, FanOut
+from shared.broker.base import BrokerUnavailable, FanOut, History
 from shared.broker.queue import Request
 from shared.models import Bot
 
 log = logging.getLogger(__name__)
 KIND_STATES = ("thinking", "executing")  # the states a kind may report; the worker sends the others
+HISTORY_MAX = 100  # most messages a kind may read before its request
+HISTORY_AHEAD = 100  # messages newer than the request that a history read looks past
 T = TypeVar("T")
 
 
@@ -68,8 +72,9 @@ class RoomEvents:
         frame = sf.TypingEvent(bot.id, bot_sender(bot), state)
         return self.send(bot.id, packets.pack(sf.encode(frame)))
 
-    def delta(self, room: str, reply_to: str, text: str) -> asyncio.Task[None]:
-        return self.send(room, packets.pack(sf.encode(sf.Delta(room, reply_to, text))))
+    def delta(self, room: str, reply_to: str, text: str, attempt: int, seq: int) -> asyncio.Task[None]:
+        frame = sf.encode(sf.Delta(room, reply_to, text, attempt, seq))
+        return self.send(room, packets.pack(frame, position=packets.StreamPosition(reply_to, attempt, seq)))
 
     async def flush(self) -> None:
         """Wait until everything started so far is over (the worker stops: the broker closes next)."""
@@ -85,7 +90,13 @@ class RequestContext:
     """
 
     def __init__(
-        self, bot: Bot, config: dict[str, Any], request: Request, events: RoomEvents, typing_refresh: float
+        self,
+        bot: Bot,
+        config: dict[str, Any],
+        request: Request,
+        events: RoomEvents,
+        typing_refresh: float,
+        history: History | None = None,
     ) -> None:
         self.bot = bot
         self.config = config
@@ -94,6 +105,8 @@ class RequestContext:
         self.typing_refresh = typing_refresh
         self.final: str | None = None  # set by reply()
         self._typing: asyncio.TimerHandle | None = None  # the next refresh while typing is on
+        self._history = history  # the room's history, read by kinds that answer in context
+        self._seq = 0  # deltas sent in this attempt
 
     def show_typing(self, state: bool) -> None:
         """Turn typing on or off; the frame is sent in order without waiting for it."""
@@ -122,12 +135,23 @@ class RequestContext:
     async def delta(self, text: str) -> None:
         # awaited, unlike the worker's own frames, so a fast stream cannot pile up unsent deltas
         if text:
-            await self.events.delta(self.bot.id, self.request.message_id, text)
+            self._seq += 1
+            await self.events.delta(self.bot.id, self.request.message_id, text, self.request.attempts, self._seq)
 
     async def reply(self, text: str) -> None:
         if self.final is not None:
             raise RuntimeError("the reply was already set")
         self.final = text
+
+    async def history(self, limit: int) -> list[dict[str, Any]]:
+        # newer messages (the user wrote on while the bot was busy) are skipped, up to HISTORY_AHEAD of them
+        limit = max(0, min(limit, HISTORY_MAX))
+        if not limit or self._history is None:
+            return []
+        page = await self._history.read_latest(self.bot.id, limit + HISTORY_AHEAD)
+        asked = self.request.message_id
+        earlier = [frame for message_id, frame in page.entries if protocol.id_newer(asked, message_id)]
+        return [orjson.loads(frame) for frame in earlier[-limit:]]
 
     def close(self) -> None:
         """Turn typing off; the worker calls this when the request is over."""

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from shared import packets, protocol
 from shared.errors import ErrorCode, ProtocolError
-from shared.protocol import Auth, BotCommand, Join, Leave, Ping, SendMessage, Typing
+from shared.protocol import Auth, BotCommand, Cancel, Join, Leave, Ping, SendMessage, Typing
 
 MAX_TEXT = 200
 ROOM = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -22,6 +22,7 @@ fuzz = settings(max_examples=200, deadline=None, database=None)
 
 rooms = st.from_regex(ROOM, fullmatch=True)
 message_ids = st.from_regex(MESSAGE_ID, fullmatch=True)
+client_ids = st.from_regex(r"[A-Za-z0-9_.:\-]{1,64}", fullmatch=True)
 # ids as storage makes them: no leading zeros (the frame's ts is the id's first part, copied verbatim)
 stored_ids = st.from_regex(r"(0|[1-9][0-9]{0,14})-(0|[1-9][0-9]{0,9})", fullmatch=True)
 refs = st.none() | st.text(max_size=protocol.MAX_REF_LENGTH) | st.integers(-(2**53) + 1, 2**53 - 1)
@@ -56,7 +57,12 @@ def valid_frames(draw: st.DrawFn) -> tuple[dict[str, Any], protocol.ClientFrame]
         return {"type": kind, "room": room, "ref": ref}, Leave(room, ref)
     if kind == "message":
         text = draw(texts)
-        return {"type": kind, "room": room, "text": text, "ref": ref}, SendMessage(room, text, ref)
+        client_id = draw(st.none() | client_ids)
+        frame = {"type": kind, "room": room, "text": text, "client_id": client_id, "ref": ref}
+        return frame, SendMessage(room, text, ref, client_id)
+    if kind == "cancel":
+        message = draw(message_ids)
+        return {"type": kind, "room": room, "message": message, "ref": ref}, Cancel(room, message, ref)
     if kind == "typing":
         state = draw(st.booleans())
         return {"type": kind, "room": room, "state": state, "ref": ref}, Typing(room, state, ref)
@@ -215,7 +221,15 @@ def test_composed_messages_are_the_expected_json(
 def test_packets_round_trip(frame: bytes, message_id: str | None, user: str) -> None:
     """unpack(pack(...)) gives back the id, the excluded user and the exact frame bytes."""
     packet = packets.pack(frame, message_id=message_id or "", exclude_user=user)
-    assert packets.unpack(packet) == (message_id or "", user, frame)
+    assert packets.unpack(packet) == (message_id or "", user, frame, None)
+
+
+@fuzz
+@given(st.binary(max_size=300), message_ids, st.integers(0, 999_999), st.integers(0, 999_999_999))
+def test_stream_positions_round_trip(frame: bytes, reply_to: str, attempt: int, seq: int) -> None:
+    """A delta's position survives pack and unpack, next to an empty id and excluded user."""
+    position = packets.StreamPosition(reply_to, attempt, seq)
+    assert packets.unpack(packets.pack(frame, position=position)) == ("", "", frame, position)
 
 
 @fuzz
@@ -232,7 +246,17 @@ def test_unpack_reads_a_packet_or_raises_bad_packet(data: bytes) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"not a packet", b"no-separator\n{}", b"abc\x1f\n{}", b"1-1x\x1f\n{}", b"\x1f\xff\xfe\n{}"],
+    [
+        b"",
+        b"not a packet",
+        b"no-separator\n{}",
+        b"abc\x1f\n{}",
+        b"1-1x\x1f\n{}",
+        b"\x1f\xff\xfe\n{}",
+        b"\x1f\x1f1-0/1\n{}",  # a stream position without its seq
+        b"\x1f\x1f1-0/x/2\n{}",
+        b"\x1f\x1fnot-an-id/1/2\n{}",
+    ],
 )
 def test_malformed_packet_headers_raise_bad_packet(data: bytes) -> None:
     """Packets without a header, with an id that is no history id, or a user that is not UTF-8 are refused."""

@@ -11,12 +11,14 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway import effects as fx
 from gateway import events as ev
 from gateway.principal import Principal
 from gateway.session import ABUSE_STRIKES, Session, SessionLimits
 from gateway.wire import text_frame
 from shared.errors import ChatError, CloseCode, ErrorCode
 from shared.models import Bot, BotStatus
+from shared.packets import StreamPosition
 
 NOW = 1_800_000_000.0
 LIMITS = SessionLimits(
@@ -41,32 +43,32 @@ def new_session(user: str = "alice", exp: float = NOW + 600) -> Session:
     return Session("s1", principal(user, exp), LIMITS, NOW)
 
 
-def frames(effects: list[ev.Effect]) -> list[dict[str, Any]]:
+def frames(effects: list[fx.Effect]) -> list[dict[str, Any]]:
     """The frames the client would receive from these effects, decoded."""
-    return [orjson.loads(e.frame) for e in effects if isinstance(e, ev.Send)]
+    return [orjson.loads(e.frame) for e in effects if isinstance(e, fx.Send)]
 
 
-def only(effects: list[ev.Effect], kind: type) -> list[Any]:
+def only(effects: list[fx.Effect], kind: type) -> list[Any]:
     return [e for e in effects if isinstance(e, kind)]
 
 
-def receive(session: Session, frame: dict[str, Any], now: float = NOW) -> list[ev.Effect]:
+def receive(session: Session, frame: dict[str, Any], now: float = NOW) -> list[fx.Effect]:
     return session.handle(ev.Received(orjson.dumps(frame).decode()), now)
 
 
-def opened_room(request: ev.OpenRoom, replay: list[tuple[str, bytes]] = (), first_here: bool = True) -> ev.RoomOpened:  # type: ignore[assignment]
+def opened_room(request: fx.OpenRoom, replay: list[tuple[str, bytes]] = (), first_here: bool = True) -> ev.RoomOpened:  # type: ignore[assignment]
     return ev.RoomOpened(request, ["alice"], 1, first_here, list(replay), "5-0", bool(replay))
 
 
-def join(session: Session, since: str | None = None, ref: object = "j") -> ev.OpenRoom:
+def join(session: Session, since: str | None = None, ref: object = "j") -> fx.OpenRoom:
     """Take a session through a join up to the OpenRoom effect; return it."""
     frame: dict[str, Any] = {"type": "join", "room": ROOM, "ref": ref}
     if since is not None:
         frame["since"] = since
-    (lookup,) = only(receive(session, frame), ev.LookUpBot)
-    assert lookup.purpose is ev.Purpose.JOIN
+    (lookup,) = only(receive(session, frame), fx.LookUpBot)
+    assert lookup.purpose is fx.Purpose.JOIN
     (request,) = session.handle(ev.BotFound(lookup, BOT, frozenset({"alice"})), NOW)
-    assert isinstance(request, ev.OpenRoom)
+    assert isinstance(request, fx.OpenRoom)
     return request
 
 
@@ -76,19 +78,19 @@ def test_opening_sends_welcome_and_asks_for_the_token_deadline() -> None:
     assert frames(effects) == [
         {"type": "welcome", "protocol": 1, "session": "s1", "user": "alice", "node": "node-1", "heartbeat": 20.0}
     ]
-    assert only(effects, ev.Schedule) == [ev.Schedule(NOW + 600 + 30)]
+    assert only(effects, fx.Schedule) == [fx.Schedule(NOW + 600 + 30)]
 
 
 def test_a_join_replays_history_then_the_live_events_buffered_meanwhile_once_each() -> None:
     session = new_session()
     request = join(session, since="1-0")
-    assert request == ev.OpenRoom(ROOM, "1-0", BOT, "j")
+    assert request == fx.OpenRoom(ROOM, "1-0", BOT, "j")
     assert ROOM in session.pending
     assert ROOM not in session.rooms
     # live events arrive while history is read: one already in the replay, one newer
-    assert session.buffered(ROOM, "2-0", text_frame(b'{"id":"2-0"}'))
-    assert session.buffered(ROOM, "3-0", text_frame(b'{"id":"3-0"}'))
-    assert not session.buffered("another", "3-0", b"x")  # not being joined: delivered as usual
+    assert session.buffered(ROOM, "2-0", None, text_frame(b'{"id":"2-0"}'))
+    assert session.buffered(ROOM, "3-0", None, text_frame(b'{"id":"3-0"}'))
+    assert not session.buffered("another", "3-0", None, b"x")  # not being joined: delivered as usual
     effects = session.handle(opened_room(request, replay=[("2-0", b'{"id":"2-0"}')]), NOW)
     joined, replayed = frames(effects)
     assert joined == {
@@ -102,8 +104,8 @@ def test_a_join_replays_history_then_the_live_events_buffered_meanwhile_once_eac
         "ref": "j",
     }
     assert replayed == {"id": "2-0"}
-    assert only(effects, ev.Write) == [ev.Write(text_frame(b'{"id":"3-0"}'))]  # 2-0 was not sent twice
-    (announce,) = only(effects, ev.Announce)
+    assert only(effects, fx.Write) == [fx.Write(text_frame(b'{"id":"3-0"}'))]  # 2-0 was not sent twice
+    (announce,) = only(effects, fx.Announce)
     assert orjson.loads(announce.frame) == {"type": "presence", "room": ROOM, "user": "alice", "event": "join"}
     assert session.rooms == {ROOM}
     assert not session.pending
@@ -112,7 +114,7 @@ def test_a_join_replays_history_then_the_live_events_buffered_meanwhile_once_eac
 def test_a_second_connection_of_a_present_user_is_not_announced() -> None:
     session = new_session()
     effects = session.handle(opened_room(join(session), first_here=False), NOW)
-    assert only(effects, ev.Announce) == []
+    assert only(effects, fx.Announce) == []
 
 
 @pytest.mark.parametrize(
@@ -121,7 +123,7 @@ def test_a_second_connection_of_a_present_user_is_not_announced() -> None:
 )
 def test_a_join_the_lookup_refuses_leaves_no_trace(bot: Bot | None, members: frozenset[str], code: str) -> None:
     session = new_session()
-    (lookup,) = only(receive(session, {"type": "join", "room": ROOM, "ref": 7}), ev.LookUpBot)
+    (lookup,) = only(receive(session, {"type": "join", "room": ROOM, "ref": 7}), fx.LookUpBot)
     effects = session.handle(ev.BotFound(lookup, bot, members), NOW)
     assert [(f["type"], f["code"], f["ref"]) for f in frames(effects)] == [("error", code, 7)]
     assert not session.pending
@@ -132,7 +134,7 @@ def test_a_join_that_fails_half_way_is_undone() -> None:
     session = new_session()
     request = join(session)
     effects = session.handle(ev.Failed(request, ChatError(ErrorCode.UNAVAILABLE, "storage is unavailable")), NOW)
-    assert only(effects, ev.LeaveRoom) == [ev.LeaveRoom(ROOM)]
+    assert only(effects, fx.LeaveRoom) == [fx.LeaveRoom(ROOM)]
     assert [(f["code"], f["ref"]) for f in frames(effects)] == [("unavailable", "j")]
     assert not session.pending
     assert not session.rooms
@@ -147,7 +149,7 @@ def test_joining_twice_at_once_and_too_many_rooms_are_refused_without_a_lookup()
     session.pending["b2"] = []
     effects = receive(session, {"type": "join", "room": "b3"})
     assert [f["code"] for f in frames(effects)] == ["rate_limited"]
-    assert only(effects, ev.LookUpBot) == []
+    assert only(effects, fx.LookUpBot) == []
 
 
 @pytest.mark.parametrize(
@@ -170,30 +172,30 @@ def test_frames_for_a_room_not_joined_are_refused_with_the_right_error(
     frame: dict[str, Any], bot: Bot | None, members: frozenset[str], message: str
 ) -> None:
     session = new_session()
-    (lookup,) = only(receive(session, frame), ev.LookUpBot)
-    assert lookup.purpose is ev.Purpose.REFUSE
+    (lookup,) = only(receive(session, frame), fx.LookUpBot)
+    assert lookup.purpose is fx.Purpose.REFUSE
     effects = session.handle(ev.BotFound(lookup, bot, members), NOW)
     assert [(f["message"], f["ref"]) for f in frames(effects)] == [(message, 1)]
-    assert only(effects, ev.Append) == only(effects, ev.SetTyping) == []
+    assert only(effects, fx.Append) == only(effects, fx.SetTyping) == []
 
 
 def test_a_message_stops_typing_is_stored_and_acknowledged() -> None:
     session = new_session()
     session.handle(opened_room(join(session)), NOW)
     effects = receive(session, {"type": "message", "room": ROOM, "text": "hello", "ref": "m"})
-    assert ev.Count("frames_received", "message") in effects
-    stop, append = only(effects, ev.SetTyping | ev.Append)  # type: ignore[arg-type]
-    assert stop == ev.SetTyping(ROOM, False)
+    assert fx.Count("frames_received", "message") in effects
+    stop, append = only(effects, fx.SetTyping | fx.Append)  # type: ignore[arg-type]
+    assert stop == fx.SetTyping(ROOM, False)
     assert orjson.loads(b"{" + append.tail) == {"room": ROOM, "from": {"kind": "user", "id": "alice"}, "text": "hello"}
     effects = session.handle(ev.Stored(append, "9-0", 9, True), NOW)
     assert frames(effects) == [{"type": "ack", "id": "9-0", "ts": 9, "queued": True, "ref": "m"}]
-    assert ev.Count("messages_published") in effects
+    assert fx.Count("messages_published") in effects
 
 
 def test_a_failed_store_tells_the_sender_with_the_ref_and_keeps_the_room() -> None:
     session = new_session()
     session.handle(opened_room(join(session)), NOW)
-    (append,) = only(receive(session, {"type": "message", "room": ROOM, "text": "x", "ref": 3}), ev.Append)
+    (append,) = only(receive(session, {"type": "message", "room": ROOM, "text": "x", "ref": 3}), fx.Append)
     effects = session.handle(ev.Failed(append, ChatError(ErrorCode.UNAVAILABLE, "send it again")), NOW)
     assert frames(effects) == [{"type": "error", "code": "unavailable", "message": "send it again", "ref": 3}]
     assert session.rooms == {ROOM}
@@ -203,7 +205,7 @@ def test_leaving_a_joined_room() -> None:
     session = new_session()
     session.handle(opened_room(join(session)), NOW)
     effects = receive(session, {"type": "leave", "room": ROOM, "ref": "l"})
-    assert effects[1:] == [ev.LeaveRoom(ROOM), ev.Send(b'{"type":"left","room":"b0123","ref":"l"}')]
+    assert effects[1:] == [fx.LeaveRoom(ROOM), fx.Send(b'{"type":"left","room":"b0123","ref":"l"}')]
     assert not session.rooms
 
 
@@ -233,8 +235,8 @@ def test_a_flood_is_refused_frame_by_frame_then_closed() -> None:
     for strike in range(1, ABUSE_STRIKES + 1):
         effects = receive(session, ping)  # the same instant: no token comes back
         assert frames(effects) == [{"type": "error", "code": "rate_limited", "message": "slow down", "ref": "p"}]
-        assert ev.Count("rate_limited") in effects
-        assert bool(only(effects, ev.Close)) == (strike == ABUSE_STRIKES)
+        assert fx.Count("rate_limited") in effects
+        assert bool(only(effects, fx.Close)) == (strike == ABUSE_STRIKES)
     assert session.closed
     assert session.close_reason == "rate_limited"
     assert receive(session, ping, NOW + 60) == []  # nothing more after the close
@@ -247,43 +249,43 @@ def test_a_pause_refills_the_rate_limit_and_forgives_strikes() -> None:
         receive(session, ping)
     assert frames(receive(session, ping, NOW + 1)) == [{"type": "pong"}]
     for _ in range(ABUSE_STRIKES - 1):
-        assert not only(receive(session, ping, NOW + 1), ev.Close)
+        assert not only(receive(session, ping, NOW + 1), fx.Close)
     assert not session.closed
 
 
 def test_the_token_deadline_closes_with_4001_unless_refreshed() -> None:
     session = new_session(exp=NOW + 10)
-    assert session.handle(ev.DeadlineReached(), NOW + 39) == [ev.Schedule(NOW + 40)]  # leeway not over yet
+    assert session.handle(ev.DeadlineReached(), NOW + 39) == [fx.Schedule(NOW + 40)]  # leeway not over yet
     effects = session.handle(ev.DeadlineReached(), NOW + 40)
     assert [f["code"] for f in frames(effects)] == ["token_expired"]
-    assert only(effects, ev.Close) == [ev.Close(CloseCode.AUTH, "token expired")]
+    assert only(effects, fx.Close) == [fx.Close(CloseCode.AUTH, "token expired")]
     assert session.close_reason == "expired"
     assert session.handle(ev.DeadlineReached(), NOW + 41) == []
 
 
 def test_a_refreshed_token_moves_the_deadline_and_another_users_token_is_refused() -> None:
     session = new_session(exp=NOW + 10)
-    (check,) = only(receive(session, {"type": "auth", "token": "t", "ref": "a"}), ev.CheckToken)
-    assert check == ev.CheckToken("t", "a")
+    (check,) = only(receive(session, {"type": "auth", "token": "t", "ref": "a"}), fx.CheckToken)
+    assert check == fx.CheckToken("t", "a")
     effects = session.handle(ev.TokenChecked(check, principal("mallory", NOW + 900)), NOW)
     assert [(f["code"], f["ref"]) for f in frames(effects)] == [("forbidden", "a")]
     assert session.deadline == NOW + 40
     effects = session.handle(ev.TokenChecked(check, principal("alice", NOW + 900)), NOW)
-    assert effects == [ev.Schedule(NOW + 930), ev.Send(b'{"type":"auth_ok","exp":1800000900,"ref":"a"}')]
-    assert session.handle(ev.DeadlineReached(), NOW + 40) == [ev.Schedule(NOW + 930)]
+    assert effects == [fx.Schedule(NOW + 930), fx.Send(b'{"type":"auth_ok","exp":1800000900,"ref":"a"}')]
+    assert session.handle(ev.DeadlineReached(), NOW + 40) == [fx.Schedule(NOW + 930)]
 
 
 def test_bot_commands_check_who_may_manage() -> None:
     session = new_session("olga")
-    (lookup,) = only(receive(session, {"type": "bot.stop", "bot": ROOM, "ref": 2}), ev.LookUpBot)
+    (lookup,) = only(receive(session, {"type": "bot.stop", "bot": ROOM, "ref": 2}), fx.LookUpBot)
     (change,) = session.handle(ev.BotFound(lookup, BOT, frozenset()), NOW)
-    assert change == ev.ChangeBot(BOT, "stop", 2)
+    assert change == fx.ChangeBot(BOT, "stop", 2)
     stopping = Bot(ROOM, "helper", "echo", owner="olga", status=BotStatus.STOPPING)
     assert frames(session.handle(ev.BotChanged(change, stopping), NOW)) == [
         {"type": "bot_status", "bot": ROOM, "status": "stopping", "ref": 2}
     ]
     other = new_session("bob")
-    (lookup,) = only(receive(other, {"type": "bot.start", "bot": ROOM}), ev.LookUpBot)
+    (lookup,) = only(receive(other, {"type": "bot.start", "bot": ROOM}), fx.LookUpBot)
     assert [f["code"] for f in frames(other.handle(ev.BotFound(lookup, BOT, frozenset({"bob"})), NOW))] == ["forbidden"]
 
 
@@ -292,8 +294,8 @@ def test_an_eviction_during_a_join_wins_over_the_join() -> None:
     request = join(session)
     effects = session.handle(ev.Evicted(ROOM), NOW)
     assert frames(effects) == [{"type": "left", "room": ROOM, "reason": "removed"}]
-    assert only(effects, ev.LeaveRoom) == [ev.LeaveRoom(ROOM)]
-    assert session.handle(opened_room(request), NOW) == [ev.LeaveRoom(ROOM)]  # no joined frame
+    assert only(effects, fx.LeaveRoom) == [fx.LeaveRoom(ROOM)]
+    assert session.handle(opened_room(request), NOW) == [fx.LeaveRoom(ROOM)]  # no joined frame
     assert not session.rooms
     assert session.handle(ev.Evicted(ROOM), NOW) == []
 
@@ -302,14 +304,14 @@ def test_revocation_closes_once() -> None:
     session = new_session()
     effects = session.handle(ev.Revoked(), NOW)
     assert [f["code"] for f in frames(effects)] == ["unauthorized"]
-    assert only(effects, ev.Close) == [ev.Close(CloseCode.AUTH, "revoked")]
+    assert only(effects, fx.Close) == [fx.Close(CloseCode.AUTH, "revoked")]
     assert session.handle(ev.Revoked(), NOW) == []
 
 
 def test_a_binary_frame_closes_with_1003() -> None:
     session = new_session()
     assert session.handle(ev.ReceivedBinary(), NOW) == [
-        ev.Close(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
+        fx.Close(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
     ]
     assert session.close_reason == "binary"
 
@@ -319,12 +321,95 @@ def test_closing_leaves_joined_and_half_joined_rooms() -> None:
     session.handle(opened_room(join(session)), NOW)
     receive(session, {"type": "join", "room": "b2"})
     session.handle(
-        ev.BotFound(ev.LookUpBot("b2", ev.Purpose.JOIN, None), Bot("b2", "x", "echo", "alice"), frozenset()), NOW
+        ev.BotFound(fx.LookUpBot("b2", fx.Purpose.JOIN, None), Bot("b2", "x", "echo", "alice"), frozenset()), NOW
     )
     assert set(session.pending) == {"b2"}
-    assert sorted(only(session.handle(ev.Closed(), NOW), ev.LeaveRoom), key=lambda e: e.room) == [
-        ev.LeaveRoom(ROOM),
-        ev.LeaveRoom("b2"),
+    assert sorted(only(session.handle(ev.Closed(), NOW), fx.LeaveRoom), key=lambda e: e.room) == [
+        fx.LeaveRoom(ROOM),
+        fx.LeaveRoom("b2"),
     ]
     assert not session.rooms
     assert not session.pending
+
+
+def test_a_message_with_a_client_id_carries_it_to_storage() -> None:
+    session = new_session()
+    session.handle(opened_room(join(session)), NOW)
+    effects = receive(session, {"type": "message", "room": ROOM, "text": "hi", "client_id": "tab1:7", "ref": 1})
+    (append,) = only(effects, fx.Append)
+    assert append.client_id == "tab1:7"
+    assert orjson.loads(b"{" + append.tail)["client_id"] == "tab1:7"
+    bad = receive(session, {"type": "message", "room": ROOM, "text": "hi", "client_id": "no spaces", "ref": 2})
+    assert [(f["code"], f["ref"]) for f in frames(bad)] == [("bad_request", 2)]
+
+
+def delta_packet(seq: int, attempt: int = 1, reply_to: str = "4-0") -> tuple[StreamPosition, bytes]:
+    return StreamPosition(reply_to, attempt, seq), text_frame(f'{{"seq":{seq},"attempt":{attempt}}}'.encode())
+
+
+def test_a_join_mid_stream_gets_the_snapshot_then_only_the_deltas_after_it() -> None:
+    session = new_session()
+    request = join(session)
+    for seq in (3, 4, 5):  # deltas published while the join read the snapshot
+        position, framed = delta_packet(seq)
+        assert session.buffered(ROOM, "", position, framed)
+    restarted_position, restarted = delta_packet(1, attempt=2)
+    session.buffered(ROOM, "", restarted_position, restarted)
+    other_position, other = delta_packet(1, reply_to="6-0")  # a reply the snapshot did not have yet
+    session.buffered(ROOM, "", other_position, other)
+    snapshot = ev.ReplyInFlight(StreamPosition("4-0", 1, 4), "Hello, wo")
+    opened = ev.RoomOpened(request, ["alice"], 1, False, [], "5-0", False, [snapshot])
+    effects = session.handle(opened, NOW)
+    assert frames(effects)[1] == {
+        "type": "stream",
+        "room": ROOM,
+        "reply_to": "4-0",
+        "text": "Hello, wo",
+        "attempt": 1,
+        "seq": 4,
+    }
+    assert only(effects, fx.Write) == [fx.Write(delta_packet(5)[1]), fx.Write(restarted), fx.Write(other)]
+
+
+def found(
+    session: Session, state: ev.RequestState, sender: str | None = "alice", bot: Bot | None = BOT
+) -> list[fx.Effect]:
+    session.handle(opened_room(join(session)), NOW)
+    (lookup,) = only(receive(session, {"type": "cancel", "room": ROOM, "message": "4-0", "ref": "c"}), fx.LookUpRequest)
+    assert lookup == fx.LookUpRequest(ROOM, "4-0", "c")
+    return session.handle(ev.RequestFound(lookup, bot, sender, state), NOW)
+
+
+def test_the_sender_may_cancel_a_reply_in_progress_or_waiting() -> None:
+    for state in (ev.RequestState.RUNNING, ev.RequestState.WAITING):
+        session = new_session()
+        (cancel,) = found(session, state)
+        assert cancel == fx.CancelReply(ROOM, "4-0", "c")
+        assert frames(session.handle(ev.Cancelled(cancel), NOW)) == [
+            {"type": "cancel_ok", "room": ROOM, "message": "4-0", "ref": "c"}
+        ]
+
+
+@pytest.mark.parametrize(
+    ("user", "sender", "state", "code"),
+    [
+        ("alice", "bob", ev.RequestState.RUNNING, "forbidden"),  # someone else's message
+        ("olga", "bob", ev.RequestState.RUNNING, None),  # the owner may
+        ("alice", "alice", ev.RequestState.ENDED, "conflict"),
+        ("alice", None, ev.RequestState.UNKNOWN, "not_found"),
+    ],
+)
+def test_who_may_cancel_and_what(user: str, sender: str | None, state: ev.RequestState, code: str | None) -> None:
+    session = new_session(user)
+    effects = found(session, state, sender)
+    if code is None:
+        assert only(effects, fx.CancelReply) == [fx.CancelReply(ROOM, "4-0", "c")]
+    else:
+        assert [(f["code"], f["ref"]) for f in frames(effects)] == [(code, "c")]
+        assert only(effects, fx.CancelReply) == []
+
+
+def test_a_cancel_in_a_room_not_joined_is_refused_like_any_frame() -> None:
+    session = new_session()
+    (lookup,) = only(receive(session, {"type": "cancel", "room": ROOM, "message": "4-0"}), fx.LookUpBot)
+    assert lookup.purpose is fx.Purpose.REFUSE

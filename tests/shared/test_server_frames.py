@@ -35,7 +35,15 @@ from shared.errors import ErrorCode
         ),
         (sf.BotStatusEvent("b", "running", 9), {"type": "bot_status", "bot": "b", "status": "running", "ts": 9}),
         (sf.Status("r", "1-0", "thinking"), {"type": "status", "room": "r", "message_id": "1-0", "state": "thinking"}),
-        (sf.Delta("r", "1-0", "he"), {"type": "delta", "room": "r", "reply_to": "1-0", "text": "he"}),
+        (
+            sf.Delta("r", "1-0", "he", 1, 2),
+            {"type": "delta", "room": "r", "reply_to": "1-0", "text": "he", "attempt": 1, "seq": 2},
+        ),
+        (
+            sf.Stream("r", "1-0", "hello", 2, 7),
+            {"type": "stream", "room": "r", "reply_to": "1-0", "text": "hello", "attempt": 2, "seq": 7},
+        ),
+        (sf.CancelOk("r", "1-0", 4), {"type": "cancel_ok", "room": "r", "message": "1-0", "ref": 4}),
         (sf.AuthOk(7, "a"), {"type": "auth_ok", "exp": 7, "ref": "a"}),
     ],
 )
