@@ -282,6 +282,50 @@ class Settings:
     max_attempts: int = _opt(
         3, Option("--max-attempts", "CHAT_MAX_ATTEMPTS", int, "tries before a request is dead-lettered", "worker", 1)
     )
+    client_id_window: float = _opt(
+        600.0,
+        Option(
+            "--client-id-window",
+            "CHAT_CLIENT_ID_WINDOW",
+            float,
+            "seconds a message's client_id is remembered, so a resend is stored once",
+            "gateway",
+            1,
+        ),
+    )
+    stream_max_chars: int = _opt(
+        100_000,
+        Option(
+            "--stream-max-chars",
+            "CHAT_STREAM_MAX_CHARS",
+            int,
+            "longest text so far kept for a reply in progress (late joiners get it)",
+            "worker",
+            1,
+        ),
+    )
+    stream_ttl: float = _opt(
+        300.0,
+        Option(
+            "--stream-ttl",
+            "CHAT_STREAM_TTL",
+            float,
+            "seconds a reply in progress is kept after its last piece",
+            "worker",
+            1,
+        ),
+    )
+    delta_interval_ms: float = _opt(
+        50.0,
+        Option(
+            "--delta-interval-ms",
+            "CHAT_DELTA_INTERVAL_MS",
+            float,
+            "a bot's pieces of text within this many ms go out as one delta (0 = each at once)",
+            "worker",
+            0,
+        ),
+    )
     metrics_port: int = _opt(
         9100, Option("--metrics-port", "CHAT_METRICS_PORT", int, "worker's /metrics port (0 = off)", "worker", 0)
     )
