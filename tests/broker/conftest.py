@@ -74,7 +74,8 @@ class Node:
         return self.broker.pipe
 
     def _handle(self, room: str, packet: bytes) -> None:
-        self.events.put_nowait(Event(room, *packets.unpack(packet)))
+        header = packets.unpack(packet)
+        self.events.put_nowait(Event(room, header.message_id, header.exclude_user, header.frame))
 
     async def next_event(self) -> Event:
         """The next event this node received; fails the test when none comes in time."""
