@@ -20,9 +20,11 @@ from gateway.claims import claims_of, principal_from
 from gateway.jwks import JwksCache
 from gateway.principal import AuthError, Principal
 from gateway.signing_keys import ASYMMETRIC_ALGORITHMS, SigningKey, hmac_key, load_pem
+from gateway.token_cache import VerifiedTokens
 from shared.settings import Settings, SettingsError
 
 _MAX_TOKEN_CHARS = 16384  # far above any real token; bounds the work an anonymous caller can cause
+CACHE_CAPACITY = 100_000  # verified tokens remembered (a 16-byte digest and a principal each)
 
 
 class TokenVerifier:
@@ -51,6 +53,7 @@ class TokenVerifier:
         if not accepted:
             raise SettingsError("CHAT_JWT_SECRET", "no key to verify tokens with (or set CHAT_JWT_PUBLIC_KEY / JWKS)")
         self._accepted = frozenset(accepted)  # every algorithm some configured key may verify
+        self._verified = VerifiedTokens(CACHE_CAPACITY, settings.jwt_leeway)
 
     async def verify(self, token: str | None, *, now: float | None = None) -> Principal:
         """The caller named by ``token`` at unix time ``now`` (default: the current time).
@@ -61,22 +64,38 @@ class TokenVerifier:
             raise AuthError("missing", "a token is required")
         if len(token) > _MAX_TOKEN_CHARS:
             raise AuthError("malformed", "token too long")
+        now = time.time() if now is None else now
+        digest = self._verified.digest(token)
+        known = self._verified.get(digest, now)
+        if known is not None:
+            return known
+        principal, static_key = await self._verify_signed(token, now)
+        if static_key:
+            # keys fetched from an identity provider may be withdrawn at any time: only tokens
+            # signed with the configured secret or PEM key are remembered
+            self._verified.put(digest, principal, now)
+        return principal
+
+    async def _verify_signed(self, token: str, now: float) -> tuple[Principal, bool]:
+        """The principal, and whether a static key (not one from the JWKS) verified the token."""
         alg, kid = self._read_header(token)
         if alg not in self._accepted:
             raise AuthError("bad_algorithm", f"algorithm {alg[:16]!r} is not accepted")
         payload = self._check_signature(token, alg, [key for key in self._static if alg in key.algorithms])
+        static_key = payload is not None
         if payload is None and self._jwks is not None and alg in ASYMMETRIC_ALGORITHMS:
             payload = self._check_signature(token, alg, await self._jwks.keys_for(kid, alg))
         if payload is None:
             raise AuthError("bad_signature", "token signature is not valid")
         settings = self._settings
-        return principal_from(
+        principal = principal_from(
             claims_of(payload),
-            time.time() if now is None else now,
+            now,
             leeway=settings.jwt_leeway,
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
         )
+        return principal, static_key
 
     def _read_header(self, token: str) -> tuple[str, str | None]:
         try:
