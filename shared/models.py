@@ -10,7 +10,7 @@ import orjson
 
 from shared import server_frames
 
-BUILTIN_KINDS = ("echo", "webhook")
+BUILTIN_KINDS = ("echo", "openai", "webhook")
 MAX_BOT_NAME = 64
 
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from shared import packets, protocol
+from shared import packets
 from shared import server_frames as sf
 from shared.broker.base import BrokerUnavailable, FanOut, History
 from shared.broker.queue import Request
@@ -34,6 +34,12 @@ T = TypeVar("T")
 def bot_sender(bot: Bot) -> dict[str, Any]:
     """The ``from`` of the bot's frames."""
     return {"kind": "bot", "id": bot.id, "name": bot.name}
+
+
+def _id_key(message_id: str) -> tuple[int, int]:
+    """A history id as a sortable pair; an id that is not one sorts first."""
+    ms, _, seq = message_id.partition("-")
+    return (int(ms), int(seq)) if ms.isdigit() and seq.isdigit() else (0, 0)
 
 
 def status_packet(room: str, message_id: str, state: str, detail: str | None = None) -> bytes:
@@ -144,14 +150,22 @@ class RequestContext:
         self.final = text
 
     async def history(self, limit: int) -> list[dict[str, Any]]:
-        # newer messages (the user wrote on while the bot was busy) are skipped, up to HISTORY_AHEAD of them
+        # read past newer messages (the user wrote on while the bot was busy), up to HISTORY_AHEAD of
+        # them; a reply is stored after the messages sent meanwhile, but belongs after its question
         limit = max(0, min(limit, HISTORY_MAX))
         if not limit or self._history is None:
             return []
         page = await self._history.read_latest(self.bot.id, limit + HISTORY_AHEAD)
-        asked = self.request.message_id
-        earlier = [frame for message_id, frame in page.entries if protocol.id_newer(asked, message_id)]
-        return [orjson.loads(frame) for frame in earlier[-limit:]]
+        asked = _id_key(self.request.message_id)
+        earlier = []
+        for message_id, raw in page.entries:
+            frame = orjson.loads(raw)
+            answers = frame.get("reply_to")
+            place = _id_key(answers) if isinstance(answers, str) and answers else _id_key(message_id)
+            if place < asked:
+                earlier.append((place, _id_key(message_id), frame))
+        earlier.sort(key=lambda said: (said[0], said[1]))
+        return [frame for _, _, frame in earlier[-limit:]]
 
     def close(self) -> None:
         """Turn typing off; the worker calls this when the request is over."""

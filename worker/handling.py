@@ -66,7 +66,7 @@ class RequestHandler:
             return True
         detail = f"attempt {request.attempts} of {self.settings.max_attempts}" if request.attempts > 1 else None
         self.events.status(request.bot, request.message_id, "processing", detail)
-        ctx = RequestContext(served.bot, served.config, request, self.events, self.typing_refresh)
+        ctx = RequestContext(served.bot, served.config, request, self.events, self.typing_refresh, self.history)
         try:
             ctx.show_typing(True)
             outcome = await self._attempts(served, request, ctx)

@@ -62,4 +62,4 @@ def test_installed_example_is_discovered(tmp_path: Path) -> None:
     env = {"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin"}
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "['echo', 'shout', 'webhook'] {'suffix': '!'} ShoutKind"
+    assert run.stdout.strip() == "['echo', 'openai', 'shout', 'webhook'] {'suffix': '!'} ShoutKind"

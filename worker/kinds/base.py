@@ -44,6 +44,14 @@ class Context(Protocol):
     async def reply(self, text: str) -> None:
         """Set the final reply (alternative to returning it from ``handle``)."""
 
+    async def history(self, limit: int) -> list[dict[str, Any]]:
+        """The conversation before this request, oldest first: at most ``limit`` (capped at 100) messages.
+
+        Each is the ``message`` frame clients get (``id``, ``ts``, ``from``, ``text``, maybe
+        ``reply_to``); ``from.kind`` is ``"user"`` or ``"bot"``. A reply comes right after the message
+        it answers; the request itself and messages sent after it are not among them.
+        """
+
 
 class BotKind:
     """Base class of bot kinds. Subclasses override ``handle`` and usually ``validate_config``."""
