@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.broker.base import BotRegistry
-from shared.broker.queue import BotQueue, Request
+from shared.broker.queue import BotLeases, BotQueue, Request, WorkerRoster
 from shared.models import Bot, BotStatus
 from shared.settings import Settings
 from worker.kinds import BotKind, KindCatalog
@@ -77,13 +77,17 @@ class Roster:
         consumer: str,
         registry: BotRegistry,
         queue: BotQueue,
+        leases: BotLeases,
+        workers: WorkerRoster,
         catalog: KindCatalog,
         on_change: Callable[[], None],
     ) -> None:
         self.settings = settings
         self.consumer = consumer
         self.registry = registry
-        self.queue = queue
+        self.queue = queue  # the inboxes of the bots it takes
+        self.leases = leases
+        self.workers = workers  # the other live workers, to take a fair share
         self.catalog = catalog
         self.on_change = on_change  # called when bots become ready or go away
         self.served: dict[str, ServedBot] = {}
@@ -95,7 +99,7 @@ class Roster:
     async def tick(self) -> None:
         """Renew, stop, claim and shed; raises BrokerUnavailable when the broker is down."""
         ttl = self.settings.lease_seconds
-        live = await self.queue.heartbeat(self.consumer, ttl)
+        live = await self.workers.heartbeat(self.consumer, ttl)
         wanted = await self.registry.running()
         await self._renew()
         await self._stop_unwanted(wanted)
@@ -110,7 +114,7 @@ class Roster:
     async def _renew(self) -> None:
         bots = list(self.served.values())
         ttl = self.settings.lease_seconds
-        renewed = await asyncio.gather(*(self.queue.renew_lease(s.id, self.consumer, ttl) for s in bots))
+        renewed = await asyncio.gather(*(self.leases.renew(s.id, self.consumer, ttl) for s in bots))
         for served, ok in zip(bots, renewed, strict=True):
             if not ok:
                 log.warning("lost the lease of bot %s; another worker serves it now", served.id)
@@ -132,10 +136,10 @@ class Roster:
             bot = await self.registry.get(bot_id)
             if bot is None or bot.status is not BotStatus.STOPPING or bot_id in self.served:
                 self._stop_watch.discard(bot_id)
-            elif await self.queue.claim_lease(bot_id, self.consumer, self.settings.lease_seconds):
+            elif await self.leases.claim(bot_id, self.consumer, self.settings.lease_seconds):
                 # nobody serves it: nothing is in flight, so the stop is complete
                 await self.registry.set_status(bot_id, BotStatus.STOPPED)
-                await self.queue.release_lease(bot_id, self.consumer)
+                await self.leases.release(bot_id, self.consumer)
                 self._stop_watch.discard(bot_id)
 
     async def _claim(self, wanted: set[str], limit: int) -> None:
@@ -145,7 +149,7 @@ class Roster:
             size = min(CLAIM_BATCH, limit - len(self.served))
             batch, candidates = candidates[:size], candidates[size:]
             ttl = self.settings.lease_seconds
-            claimed = await asyncio.gather(*(self.queue.claim_lease(b, self.consumer, ttl) for b in batch))
+            claimed = await asyncio.gather(*(self.leases.claim(b, self.consumer, ttl) for b in batch))
             for bot_id, ok in zip(batch, claimed, strict=True):
                 if ok:
                     await self._adopt(bot_id)
@@ -155,7 +159,7 @@ class Roster:
         if bot is None or bot.status not in (BotStatus.STARTING, BotStatus.RUNNING):
             if bot is not None and bot.status is BotStatus.STOPPING:
                 await self.registry.set_status(bot_id, BotStatus.STOPPED)
-            await self.queue.release_lease(bot_id, self.consumer)
+            await self.leases.release(bot_id, self.consumer)
             return
         try:
             kind = self.catalog.get(bot.kind)
@@ -163,7 +167,7 @@ class Roster:
         except ValueError as exc:
             log.warning("bot %s cannot start: %s", bot_id, exc)
             await self.registry.set_status(bot_id, BotStatus.ERROR, f"cannot start: {exc}")
-            await self.queue.release_lease(bot_id, self.consumer)
+            await self.leases.release(bot_id, self.consumer)
             return
         await self.queue.ensure_group(bot_id)
         recovering = await self.queue.pending(bot_id) > 0
@@ -192,10 +196,10 @@ class Roster:
         leaving = [s for s in self.served.values() if s.leaving and not s.busy]
         for served in leaving:
             self._forget(served)
-            await self.queue.release_lease(served.id, self.consumer)
+            await self.leases.release(served.id, self.consumer)
         if leaving:
             log.info("handed %d bots to other workers to balance the load", len(leaving))
-            await self.queue.notify_bots_changed()
+            await self.workers.notify_bots_changed()
 
     # -- bots leaving ------------------------------------------------------------------------
     def _forget(self, served: ServedBot) -> None:
@@ -209,7 +213,7 @@ class Roster:
         bot = await self.registry.get(served.id)
         if bot is not None and bot.status is BotStatus.STOPPING:
             await self.registry.set_status(served.id, BotStatus.STOPPED)
-        await self.queue.release_lease(served.id, self.consumer)
+        await self.leases.release(served.id, self.consumer)
         log.info("stopped serving bot %s", served.id)
 
     async def after_request(self, served: ServedBot) -> None:
@@ -222,9 +226,9 @@ class Roster:
         bots = list(self.served.values())
         for served in bots:
             self._forget(served)
-        await asyncio.gather(*(self.queue.release_lease(s.id, self.consumer) for s in bots))
-        await self.queue.leave(self.consumer)
-        await self.queue.notify_bots_changed()
+        await asyncio.gather(*(self.leases.release(s.id, self.consumer) for s in bots))
+        await self.workers.leave(self.consumer)
+        await self.workers.notify_bots_changed()
 
     def ready(self) -> list[str]:
         return [s.id for s in self.served.values() if s.ready]

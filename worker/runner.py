@@ -27,7 +27,7 @@ from collections import deque
 from typing import Any
 
 from shared.broker.base import BotRegistry, BrokerUnavailable, FanOut, History
-from shared.broker.queue import BotQueue, GroupMissing, Request
+from shared.broker.queue import BotLeases, BotQueue, GroupMissing, Request, WorkerRoster
 from shared.settings import Settings
 from worker.context import RoomEvents
 from worker.handling import RequestHandler
@@ -55,6 +55,8 @@ class Worker:
         history: History,
         fanout: FanOut,
         queue: BotQueue,
+        leases: BotLeases,
+        workers: WorkerRoster,
         consumer: str | None = None,
         catalog: KindCatalog | None = None,
         metrics: WorkerMetrics | None = None,
@@ -62,11 +64,12 @@ class Worker:
         self.settings = settings
         self.consumer = consumer or settings.node_id  # this worker's name in leases and consumer groups
         self.queue = queue
+        self.workers = workers  # tells the lease loop when the bots to run changed
         self.catalog = catalog or KindCatalog()
         self.metrics = metrics or WorkerMetrics.create()
         self.load = self.metrics.attach()
         self.stopping = asyncio.Event()
-        self.roster = Roster(settings, self.consumer, registry, queue, self.catalog, self._changed)
+        self.roster = Roster(settings, self.consumer, registry, queue, leases, workers, self.catalog, self._changed)
         self.handler = RequestHandler(
             settings, self.consumer, history, queue, RoomEvents(fanout), self.metrics, self.stopping
         )
@@ -89,6 +92,8 @@ class Worker:
             history=broker.history,
             fanout=broker.fanout,
             queue=broker.queue,
+            leases=broker.leases,
+            workers=broker.workers,
             **options,
         )
 
@@ -159,7 +164,7 @@ class Worker:
             except Exception:
                 log.exception("lease tick failed")
             try:
-                await self.queue.wait_bots_changed(interval)
+                await self.workers.wait_bots_changed(interval)
             except Exception:
                 log.exception("waiting for bot changes failed")
                 await asyncio.sleep(interval)

@@ -22,7 +22,7 @@ from shared.broker.base import (
     PresenceChange,
     Revocations,
 )
-from shared.broker.queue import BotQueue
+from shared.broker.queue import BotLeases, BotQueue, WorkerRoster
 from shared.settings import Settings
 
 __all__ = [
@@ -50,7 +50,9 @@ class Broker:
     presence: Presence
     registry: BotRegistry
     revocations: Revocations
-    queue: BotQueue
+    queue: BotQueue  # the bots' inboxes
+    leases: BotLeases  # which worker serves which bot
+    workers: WorkerRoster  # live workers, and the "bots changed" notice
     ping: Callable[[], Awaitable[None]]
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     store: Any = None  # the MemoryStore, for nodes sharing one process
@@ -78,6 +80,7 @@ def _memory_broker(settings: Settings, store: Any) -> Broker:
         MemoryStore,
     )
     from shared.broker.memory_queue import MemoryBotQueue
+    from shared.broker.memory_workers import MemoryBotLeases, MemoryWorkerRoster
 
     store = store or MemoryStore(settings)
     fanout = MemoryFanOut(store)
@@ -86,8 +89,10 @@ def _memory_broker(settings: Settings, store: Any) -> Broker:
         return None
 
     queue = MemoryBotQueue(store, settings)
+    workers = MemoryWorkerRoster(store)
 
     async def close() -> None:
+        await workers.close()
         await queue.close()
         fanout.close()
 
@@ -99,6 +104,8 @@ def _memory_broker(settings: Settings, store: Any) -> Broker:
         registry=MemoryBotRegistry(store),
         revocations=MemoryRevocations(store),
         queue=queue,
+        leases=MemoryBotLeases(store),
+        workers=workers,
         ping=ping,
         closers=[close],
         store=store,
@@ -110,6 +117,7 @@ def _redis_broker(settings: Settings) -> Broker:
     from shared.broker.redis_link import LINK_ERRORS, CommandPipe
     from shared.broker.redis_queue import RedisBotQueue
     from shared.broker.redis_topology import open_topology
+    from shared.broker.redis_workers import RedisBotLeases, RedisWorkerRoster
     from shared.keys import Keys
 
     assert settings.redis_url is not None
@@ -118,6 +126,7 @@ def _redis_broker(settings: Settings) -> Broker:
     keys = Keys(settings.redis_prefix)
     fanout = RedisFanOut(topology, pipe, keys)
     queue = RedisBotQueue(topology, pipe, keys, settings)
+    workers = RedisWorkerRoster(topology, pipe, keys)
 
     async def ping() -> None:
         try:
@@ -133,7 +142,9 @@ def _redis_broker(settings: Settings) -> Broker:
         registry=RedisBotRegistry(topology, pipe, keys),
         revocations=RedisRevocations(pipe, keys),
         queue=queue,
+        leases=RedisBotLeases(pipe, keys),
+        workers=workers,
         ping=ping,
-        closers=[topology.close, pipe.close, fanout.close, queue.close],
+        closers=[topology.close, pipe.close, fanout.close, queue.close, workers.close],
         pipe=pipe,
     )

@@ -61,6 +61,8 @@ class MemoryStore:
         self.presence: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
         self.revoked: dict[str, tuple[float, float]] = {}  # user -> (revoked at, forgotten at)
         self.control: list[asyncio.Event] = []  # set when the running set changes
+        self.leases: dict[str, tuple[str, float]] = {}  # bot -> (owner, monotonic expiry)
+        self.workers: dict[str, float] = {}  # live worker -> monotonic expiry of its heartbeat
 
     def history(self, room: str) -> MemoryStream:
         return self.streams[f"history:{room}"]

@@ -1,6 +1,6 @@
 """In-memory bot inboxes for the single-process mode: the inbox streams of a :class:`MemoryStore`.
 
-Single-process only. Group positions, pending requests, leases and heartbeats live on the store
+Single-process only. Group positions and pending requests live on the store
 (every queue built on one store sees the same state, as every worker sees the same Redis), and
 the behaviour mirrors the Redis consumer group closely enough to pass the same contract suite.
 """
@@ -8,7 +8,6 @@ the behaviour mirrors the Redis consumer group closely enough to pass the same c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,8 +47,6 @@ class _QueueState:
 
     groups: dict[str, _Group] = field(default_factory=dict)
     dead: dict[str, MemoryStream] = field(default_factory=dict)
-    leases: dict[str, tuple[str, float]] = field(default_factory=dict)  # bot -> (owner, monotonic expiry)
-    workers: dict[str, float] = field(default_factory=dict)  # worker -> monotonic expiry
 
 
 def _state(store: MemoryStore) -> _QueueState:
@@ -71,10 +68,7 @@ class MemoryBotQueue(BotQueue):
         self.state = _state(store)
         self._waiters: set[asyncio.Event] = set()  # reads waiting now, woken by wake()
         self._woken = False  # a wake() that came while no read was waiting
-        self._control = asyncio.Event()  # set by the store when the running set changes
-        store.control.append(self._control)
 
-    # -- requests ------------------------------------------------------------------------
     def _group(self, bot: str) -> _Group:
         group = self.state.groups.get(bot)
         if group is None or group.stream is not self.store.inbox(bot):
@@ -218,57 +212,5 @@ class MemoryBotQueue(BotQueue):
             busy = {entry.consumer for entry in group.pending.values()}
             group.consumers = {c for c in group.consumers if c == keep or c in busy}
 
-    # -- leases --------------------------------------------------------------------------
-    def _holder(self, bot: str) -> str | None:
-        lease = self.state.leases.get(bot)
-        if lease is None or lease[1] <= time.monotonic():
-            self.state.leases.pop(bot, None)
-            return None
-        return lease[0]
-
-    async def claim_lease(self, bot: str, owner: str, ttl: float) -> bool:
-        if self._holder(bot) not in (None, owner):
-            return False
-        self.state.leases[bot] = (owner, time.monotonic() + ttl)
-        return True
-
-    async def renew_lease(self, bot: str, owner: str, ttl: float) -> bool:
-        if self._holder(bot) != owner:
-            return False
-        self.state.leases[bot] = (owner, time.monotonic() + ttl)
-        return True
-
-    async def release_lease(self, bot: str, owner: str) -> bool:
-        if self._holder(bot) != owner:
-            return False
-        del self.state.leases[bot]
-        return True
-
-    async def lease_owner(self, bot: str) -> str | None:
-        return self._holder(bot)
-
-    # -- workers and the running set -------------------------------------------------------
-    async def heartbeat(self, worker: str, ttl: float) -> int:
-        now = time.monotonic()
-        workers = self.state.workers
-        workers[worker] = now + ttl
-        for name in [name for name, expiry in workers.items() if expiry <= now]:
-            del workers[name]
-        return len(workers)
-
-    async def leave(self, worker: str) -> None:
-        self.state.workers.pop(worker, None)
-
-    async def wait_bots_changed(self, timeout: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._control.wait(), timeout)
-        changed = self._control.is_set()
-        self._control.clear()
-        return changed
-
-    async def notify_bots_changed(self) -> None:
-        self.store.notify_control()
-
     async def close(self) -> None:
-        if self._control in self.store.control:
-            self.store.control.remove(self._control)
+        """Nothing to let go of: the state is the store's."""

@@ -10,8 +10,10 @@ A lease (a key with an expiry holding the worker's name) makes one worker at a t
 bot: that is what keeps a bot's requests strictly in order. Workers also register themselves
 with a heartbeat so they can split the running bots evenly.
 
-:class:`BotQueue` is implemented by ``memory_queue.MemoryBotQueue`` (one process) and
-``redis_queue.RedisBotQueue``; both pass ``tests/broker/test_queue_contract.py``.
+Three interfaces with one job each: :class:`BotQueue` (the inboxes), :class:`BotLeases` and
+:class:`WorkerRoster` (live workers and the "bots changed" notice). Each has an in-memory
+implementation (``memory_queue``, ``memory_workers``: one process) and a Redis one
+(``redis_queue``, ``redis_workers``); all pass ``tests/broker/test_queue_contract.py``.
 """
 
 from __future__ import annotations
@@ -87,9 +89,8 @@ class DeadLetter:
 
 
 class BotQueue(Protocol):
-    """Per-bot request inboxes with one consumer group, bot leases and worker heartbeats."""
+    """Per-bot request inboxes read through one consumer group: a bot's queue of requests."""
 
-    # -- requests ------------------------------------------------------------------------
     async def ensure_group(self, bot: str) -> None:
         """Create the bot's inbox and consumer group if missing; requests queued before are kept."""
 
@@ -152,19 +153,27 @@ class BotQueue(Protocol):
     async def prune_consumers(self, bot: str, keep: str) -> None:
         """Forget consumers of the bot's group other than ``keep`` that hold no pending request."""
 
-    # -- leases --------------------------------------------------------------------------
-    async def claim_lease(self, bot: str, owner: str, ttl: float) -> bool:
+    async def close(self) -> None: ...
+
+
+class BotLeases(Protocol):
+    """One worker at a time serves a bot: the holder of its lease, a name with an expiry."""
+
+    async def claim(self, bot: str, owner: str, ttl: float) -> bool:
         """Become the bot's only server for ``ttl`` seconds; True also when ``owner`` already is."""
 
-    async def renew_lease(self, bot: str, owner: str, ttl: float) -> bool:
+    async def renew(self, bot: str, owner: str, ttl: float) -> bool:
         """Extend the lease if ``owner`` still holds it; False means it was lost."""
 
-    async def release_lease(self, bot: str, owner: str) -> bool:
+    async def release(self, bot: str, owner: str) -> bool:
         """Give the lease up if ``owner`` still holds it."""
 
-    async def lease_owner(self, bot: str) -> str | None: ...
+    async def owner(self, bot: str) -> str | None: ...
 
-    # -- workers and the running set -------------------------------------------------------
+
+class WorkerRoster(Protocol):
+    """The live workers (by heartbeat), and the notice that the set of bots to run changed."""
+
     async def heartbeat(self, worker: str, ttl: float) -> int:
         """Record that ``worker`` is alive for ``ttl`` seconds; return how many workers are."""
 

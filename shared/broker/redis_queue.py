@@ -1,10 +1,9 @@
-"""Bot inboxes on Redis Streams: one consumer group per inbox, leases as keys with an expiry.
+"""Bot inboxes on Redis Streams: one consumer group per inbox.
 
 How inboxes are read differs by deployment: that is the topology's inbox reader
 (:mod:`shared.broker.redis_readers`). Everything else goes through the process's pipelining
-:class:`CommandPipe`. Multi-step changes (ack + delete, dead-letter, lease compare-and-set,
-reclaim with delivery counts) are Lua scripts on keys of one bot, so they are atomic and stay in
-one Redis Cluster slot.
+:class:`CommandPipe`. Multi-step changes (ack + delete, dead-letter, reclaim with delivery
+counts) are Lua scripts on keys of one bot, so they are atomic and stay in one Redis Cluster slot.
 """
 
 from __future__ import annotations
@@ -16,8 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from shared.broker.queue import (
     RELEASED_IDLE,
@@ -29,7 +27,6 @@ from shared.broker.queue import (
     decode_request,
     id_key,
 )
-from shared.broker.redis_compat import close_pubsub
 from shared.broker.redis_link import CommandPipe, Script
 from shared.broker.redis_replies import fields as _fields
 from shared.broker.redis_replies import text as _text
@@ -42,13 +39,10 @@ DEAD_LETTERS_MAX = 10_000  # per bot, approximate: the oldest go first
 RECLAIM = Script("reclaim")
 FINISH = Script("finish")
 RELEASE = Script("release")
-LEASE = Script("lease")
-HEARTBEAT = Script("heartbeat")
 
 
 class RedisBotQueue(BotQueue):
     def __init__(self, topology: Topology, pipe: CommandPipe, keys: Keys, settings: Settings) -> None:
-        self.client = topology.client
         self.pipe = pipe
         self.keys = keys
         self.settings = settings
@@ -56,7 +50,6 @@ class RedisBotQueue(BotQueue):
         # an ack's announcement goes to the bot's room as its fan-out would send it: sharded on a cluster
         self.publish_command = topology.publish_command
         self._inbox = topology.inbox_reader(pipe, keys, self.group)  # blocking, or on notice on a cluster
-        self._control: PubSub | None = None  # subscription to the control channel
 
     # -- requests ------------------------------------------------------------------------
     async def ensure_group(self, bot: str) -> None:
@@ -163,58 +156,5 @@ class RedisBotQueue(BotQueue):
             if name != keep and int(consumer[b"pending"]) == 0:
                 await self.pipe.execute("XGROUP", "DELCONSUMER", key, self.group, name)
 
-    # -- leases --------------------------------------------------------------------------
-    async def _lease(self, bot: str, owner: str, ttl: float, op: str) -> bool:
-        return bool(await self.pipe.script(LEASE, [self.keys.lease(bot)], [owner, max(1, int(ttl * 1000)), op]))
-
-    async def claim_lease(self, bot: str, owner: str, ttl: float) -> bool:
-        return await self._lease(bot, owner, ttl, "claim")
-
-    async def renew_lease(self, bot: str, owner: str, ttl: float) -> bool:
-        return await self._lease(bot, owner, ttl, "renew")
-
-    async def release_lease(self, bot: str, owner: str) -> bool:
-        return await self._lease(bot, owner, 0, "release")
-
-    async def lease_owner(self, bot: str) -> str | None:
-        owner = await self.pipe.execute("GET", self.keys.lease(bot))
-        return _text(owner) if owner is not None else None
-
-    # -- workers and the running set -------------------------------------------------------
-    async def heartbeat(self, worker: str, ttl: float) -> int:
-        return int(await self.pipe.script(HEARTBEAT, [self.keys.workers()], [worker, int(ttl * 1000)]))
-
-    async def leave(self, worker: str) -> None:
-        await self.pipe.execute("ZREM", self.keys.workers(), worker)
-
-    async def wait_bots_changed(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        try:
-            if self._control is None:
-                self._control = self.client.pubsub(ignore_subscribe_messages=True)
-                await self._control.subscribe(self.keys.control_channel())
-            while (remaining := deadline - time.monotonic()) > 0:
-                message = await self._control.get_message(timeout=remaining)
-                if message is not None and message["type"] == "message":
-                    while await self._control.get_message(timeout=0) is not None:
-                        pass  # one look at the bots answers every notice queued so far
-                    return True
-        except (RedisError, OSError) as exc:
-            log.warning("control channel lost: %s", exc)
-            await self._close_control()
-            await asyncio.sleep(max(0.0, min(1.0, deadline - time.monotonic())))  # back off, then rescan
-            return True
-        return False
-
-    async def notify_bots_changed(self) -> None:
-        await self.pipe.execute("PUBLISH", self.keys.control_channel(), "")
-
-    async def _close_control(self) -> None:
-        if self._control is not None:
-            control, self._control = self._control, None
-            with contextlib.suppress(RedisError, OSError):
-                await close_pubsub(control)
-
     async def close(self) -> None:
-        await self._close_control()
         await self._inbox.close()

@@ -1,4 +1,4 @@
-"""One contract suite for the bot queue, run over the in-memory and the Redis implementation."""
+"""One contract suite for bot inboxes, leases and the worker roster, over memory and Redis."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from shared import packets, protocol
-from shared.broker import make_broker
+from shared.broker import Broker, make_broker
 from shared.broker.memory_queue import MemoryBotQueue
 from shared.broker.queue import BotQueue, GroupMissing
 from tests.broker.conftest import node_settings
@@ -25,8 +25,10 @@ BOT_SENDER = {"kind": "bot", "id": BOT}
 
 @dataclass
 class Harness:
-    queue: BotQueue  # the queue of one worker
-    peer: BotQueue  # another worker's queue on the same shared state
+    broker: Broker  # one worker's broker
+    peer_broker: Broker  # another worker's broker on the same shared state
+    queue: BotQueue  # the inboxes as the first worker sees them
+    peer: BotQueue  # and as the other one sees them
     drop_inbox: Callable[[str], Any]  # delete the bot, and with it its inbox
     mark_answered: Callable[[str, str], Any]  # append a reply to a message to history
     blocked: Callable[[], Any]  # true while a read waits
@@ -67,7 +69,7 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
 
     other.fanout.set_handler(hear)
     await other.fanout.subscribe(BOT)
-    yield Harness(worker.queue, other.queue, worker.registry.delete, mark, blocked, heard)
+    yield Harness(worker, other, worker.queue, other.queue, worker.registry.delete, mark, blocked, heard)
     await other.close()
     await worker.close()
 
@@ -285,36 +287,36 @@ async def test_answered_tells_whether_a_reply_exists(harness: Harness) -> None:
 
 async def test_lease_has_one_owner_at_a_time(harness: Harness) -> None:
     """Only the holder renews or releases a lease; another worker may claim it after release."""
-    q, peer = harness.queue, harness.peer
-    assert await q.claim_lease(BOT, "w1", 30)
-    assert await q.claim_lease(BOT, "w1", 30)
-    assert not await peer.claim_lease(BOT, "w2", 30)
-    assert not await peer.renew_lease(BOT, "w2", 30)
-    assert not await peer.release_lease(BOT, "w2")
-    assert await q.lease_owner(BOT) == "w1"
-    assert await q.renew_lease(BOT, "w1", 30)
-    assert await q.release_lease(BOT, "w1")
-    assert await q.lease_owner(BOT) is None
-    assert not await q.renew_lease(BOT, "w1", 30)
-    assert await peer.claim_lease(BOT, "w2", 30)
+    q, peer = harness.broker.leases, harness.peer_broker.leases
+    assert await q.claim(BOT, "w1", 30)
+    assert await q.claim(BOT, "w1", 30)
+    assert not await peer.claim(BOT, "w2", 30)
+    assert not await peer.renew(BOT, "w2", 30)
+    assert not await peer.release(BOT, "w2")
+    assert await q.owner(BOT) == "w1"
+    assert await q.renew(BOT, "w1", 30)
+    assert await q.release(BOT, "w1")
+    assert await q.owner(BOT) is None
+    assert not await q.renew(BOT, "w1", 30)
+    assert await peer.claim(BOT, "w2", 30)
 
 
 async def test_lease_expires_without_renewal(harness: Harness) -> None:
     """A lease that is not renewed lapses and another worker takes it."""
-    q, peer = harness.queue, harness.peer
-    assert await q.claim_lease(BOT, "w1", 0.2)
+    q, peer = harness.broker.leases, harness.peer_broker.leases
+    assert await q.claim(BOT, "w1", 0.2)
 
     async def lapsed() -> bool:
-        return await peer.lease_owner(BOT) is None
+        return await peer.owner(BOT) is None
 
     await until(lapsed, "the lease to expire")
-    assert await peer.claim_lease(BOT, "w2", 30)
-    assert not await q.renew_lease(BOT, "w1", 30)
+    assert await peer.claim(BOT, "w2", 30)
+    assert not await q.renew(BOT, "w1", 30)
 
 
 async def test_heartbeat_counts_live_workers(harness: Harness) -> None:
     """Heartbeats count the live workers; leaving or going silent removes one."""
-    q, peer = harness.queue, harness.peer
+    q, peer = harness.broker.workers, harness.peer_broker.workers
     assert await q.heartbeat("w1", 30) == 1
     assert await peer.heartbeat("w2", 0.2) == 2
     assert await q.heartbeat("w1", 30) == 2
@@ -330,7 +332,7 @@ async def test_heartbeat_counts_live_workers(harness: Harness) -> None:
 
 async def test_bots_changed_notice_reaches_other_workers(harness: Harness) -> None:
     """A notice about the running bots wakes a waiting worker; without one the wait times out."""
-    q, peer = harness.queue, harness.peer
+    q, peer = harness.broker.workers, harness.peer_broker.workers
     assert not await q.wait_bots_changed(0.05)
     waiting = asyncio.ensure_future(q.wait_bots_changed(scaled(10)))
     await peer.notify_bots_changed()

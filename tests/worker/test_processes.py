@@ -92,7 +92,7 @@ async def test_worker_process_answers_and_exports_metrics(driver: Rig, spawn: An
     assert gauge(text, "chat_worker_bots") == 1
     assert (await scrape(proc, "/healthz"))[0] == 200
     assert proc.terminate() == 0, proc.log()
-    assert await driver.broker.queue.lease_owner(bot) is None
+    assert await driver.broker.leases.owner(bot) is None
 
 
 @pytest.mark.slow
@@ -103,7 +103,7 @@ async def test_kill_9_during_a_request_gives_exactly_one_reply(driver: Rig, spaw
     bot = await driver.bot("echo", {"delay": delay})
     message = await driver.send(bot, "survive")
     await driver.until(lambda: "thinking" in driver.states(bot, message), "the request to be handled")
-    holder = await driver.broker.queue.lease_owner(bot)
+    holder = await driver.broker.leases.owner(bot)
     killed_at = time.monotonic()
     workers[holder].kill()
     bound = LEASE + VISIBILITY + reclaim_interval(driver.settings) + delay + 2
@@ -114,7 +114,7 @@ async def test_kill_9_during_a_request_gives_exactly_one_reply(driver: Rig, spaw
     follow = await driver.send(bot, "after")
     await driver.wait_finished(bot, follow)
     assert [r["reply_to"] for r in driver.replies(bot)] == [message, follow]
-    assert await driver.broker.queue.lease_owner(bot) != holder
+    assert await driver.broker.leases.owner(bot) != holder
 
 
 @pytest.mark.slow
@@ -179,7 +179,7 @@ async def test_kill_9_reply_time_with_default_timeouts(driver: Rig, spawn: Any) 
     message = await driver.send(bot, "survive")
     await driver.until(lambda: "thinking" in driver.states(bot, message), "the request to be handled", timeout=20)
     killed_at = time.monotonic()
-    workers[await driver.broker.queue.lease_owner(bot)].kill()
+    workers[await driver.broker.leases.owner(bot)].kill()
     await driver.until(lambda: replies_to(driver, bot, message), "the reclaimed reply", timeout=70)
     elapsed = time.monotonic() - killed_at
     print(f"kill -9 to reply with defaults: {elapsed:.2f} s")

@@ -161,7 +161,7 @@ async def test_graceful_stop_finishes_in_flight_and_hands_bots_over(rig: Rig) ->
     await rig.until(lambda: "thinking" in rig.states(bot, message), "the request to be handled")
     await first.stop()
     assert rig.states(bot, message)[-1] == "done"
-    assert await rig.broker.queue.lease_owner(bot) is None
+    assert await rig.broker.leases.owner(bot) is None
     second = await rig.worker("w2")
     after = await rig.send(bot, "after")
     await rig.wait_finished(bot, after)
