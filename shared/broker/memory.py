@@ -63,6 +63,8 @@ class MemoryStore:
         self.control: list[asyncio.Event] = []  # set when the running set changes
         self.leases: dict[str, tuple[str, float]] = {}  # bot -> (owner, monotonic expiry)
         self.workers: dict[str, float] = {}  # live worker -> monotonic expiry of its heartbeat
+        # the inboxes' consumer groups and dead letters, kept by memory_queue (whose type this module cannot name)
+        self.queue_state: object = None
 
     def history(self, room: str) -> MemoryStream:
         return self.streams[f"history:{room}"]

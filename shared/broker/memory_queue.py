@@ -50,10 +50,9 @@ class _QueueState:
 
 
 def _state(store: MemoryStore) -> _QueueState:
-    state = getattr(store, "queue_state", None)
-    if state is None:
-        state = _QueueState()
-        store.queue_state = state  # type: ignore[attr-defined]
+    state = store.queue_state
+    if not isinstance(state, _QueueState):
+        state = store.queue_state = _QueueState()
     return state
 
 

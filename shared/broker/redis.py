@@ -12,6 +12,8 @@ from typing import Any
 from shared import packets, protocol
 from shared.broker.base import Appended, BrokerUnavailable, EventHandler, HistoryPage, InboxFull, PresenceChange
 from shared.broker.redis_link import CommandPipe, Script
+from shared.broker.redis_replies import fields as _fields
+from shared.broker.redis_replies import text as _text
 from shared.broker.redis_topology import Topology
 from shared.keys import Keys
 from shared.models import Bot, BotStatus
@@ -32,10 +34,6 @@ PACKET_HEADER = packets.pack(b"", message_id=HOLE)
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class RedisFanOut:
@@ -126,7 +124,7 @@ class RedisHistory:
         entries = []
         for entry_id, fields in raw:
             message_id = _text(entry_id)
-            tail = fields[b"t"] if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))[b"t"]
+            tail = _fields(fields)[b"t"]
             entries.append((message_id, protocol.compose_message(message_id, tail)))
         return entries
 
@@ -224,9 +222,7 @@ class RedisBotRegistry:
     def _bot(raw: Any) -> Bot | None:
         if not raw:
             return None
-        if isinstance(raw, list):
-            raw = dict(zip(raw[::2], raw[1::2], strict=True))
-        return Bot.from_hash({_text(k): _text(v) for k, v in raw.items()})
+        return Bot.from_hash({_text(k): _text(v) for k, v in _fields(raw).items()})
 
     async def members(self, bot_id: str) -> set[str]:
         return {_text(m) for m in await self.pipe.call("SMEMBERS", self.keys.members(bot_id))}
