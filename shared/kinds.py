@@ -11,7 +11,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 GROUP = "chat_gateway.bot_kinds"
-PRIVILEGED_KINDS = frozenset({"webhook"})  # fetch URLs from inside the operator's network: admins only
+PRIVILEGED_KINDS = frozenset({"openai", "webhook"})  # fetch URLs from inside the operator's network: admins only
 
 
 @cache

@@ -474,11 +474,15 @@ def nodes(redis_url: str, redis_prefix: str) -> Iterator[tuple[GatewayNode, Work
 async def test_an_openai_bot_answers_through_gateway_and_worker(
     nodes: tuple[GatewayNode, WorkerProcess], model: ModelServer
 ) -> None:
-    """A user's message to an openai bot comes back as streamed deltas and then the final message."""
+    """Only an admin creates an openai bot; a user's message to it comes back as deltas, then the reply."""
     gateway, _ = nodes
     admin = make_token("owner", roles=["admin"])
     async with aiohttp.ClientSession() as session:
         body = {"name": "Model", "kind": "openai", "config": config(model)}
+        user = {"Authorization": f"Bearer {make_token('mallory')}"}
+        async with session.post(f"{gateway.url}/api/bots", json=body, headers=user) as response:
+            assert response.status == 403, await response.text()
+            assert "needs the admin role" in await response.text()
         async with session.post(
             f"{gateway.url}/api/bots", json=body, headers={"Authorization": f"Bearer {admin}"}
         ) as response:
