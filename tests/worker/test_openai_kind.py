@@ -91,6 +91,10 @@ class ModelServer:
         await response.write(b'data: {"choices": [{"index": 0, "delta": {"content": "x"\n\n')
         await response.write_eof()
 
+    async def long_line(self, request: web.Request, response: web.StreamResponse) -> None:
+        await response.write(b"data: " + b"x" * 600_000 + b"\n\n")
+        await response.write_eof()
+
     async def error_event(self, request: web.Request, response: web.StreamResponse) -> None:
         await response.write(b'data: {"error": {"message": "the model is overloaded"}}\n\n')
         await response.write_eof()
@@ -316,6 +320,13 @@ async def test_malformed_json_in_a_data_line_fails(model: ModelServer, kind: Ope
     """A data line that is not JSON fails the request without a retry, naming the event."""
     failed = await failure(kind, Recorder(config(model, "malformed")))
     assert failed.reason == "event 4 of the model server's stream is not valid JSON"
+    assert not failed.retryable
+
+
+async def test_an_overlong_line_fails(model: ModelServer, kind: OpenAIKind) -> None:
+    """A stream line past the read buffer fails the request without a retry."""
+    failed = await failure(kind, Recorder(config(model, "long-line")))
+    assert failed.reason == "a line of the model server's stream is too long"
     assert not failed.retryable
 
 

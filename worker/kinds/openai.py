@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import LineTooLong
 
 from shared.broker.queue import Request
 from worker.kinds.base import BotKind, Context, RequestFailed, number, reject_unknown
@@ -198,7 +199,7 @@ class _Stream:
     async def _line(response: aiohttp.ClientResponse) -> bytes:
         try:
             return await response.content.readline()
-        except ValueError:  # longer than the read buffer allows
+        except (LineTooLong, ValueError):  # longer than the read buffer allows (older aiohttp: ValueError)
             raise RequestFailed("a line of the model server's stream is too long", retryable=False) from None
 
     def _reply(self) -> str:
