@@ -86,9 +86,7 @@ def _base_url(config: Mapping[str, Any]) -> str:
     if parts.query or parts.fragment:
         raise ValueError("config.base_url must not have a query or a fragment")
     base = url.rstrip("/")
-    if base.endswith("/chat/completions"):
-        raise ValueError("config.base_url is the API's base (such as .../v1), without /chat/completions")
-    return base
+    return base.removesuffix("/chat/completions")  # the endpoint's own URL names the same API
 
 
 def _text(config: Mapping[str, Any], name: str, maximum: int, *, required: bool) -> str | None:
