@@ -277,7 +277,11 @@ var RoomBook = class {
     if (r.seen.has(id)) return false;
     remember(r.seen, id, this.#o.seenIdsPerRoom);
     r.lastId = id;
-    if (f.from?.kind === "user" && f.from.id === this.#host.user && !this.outbox.isAcked(id)) {
+    const entry = f.client_id === void 0 ? void 0 : this.outbox.byRef(f.client_id);
+    if (entry?.room === f.room) {
+      this.claim(f.room, id);
+      this.outbox.settle(entry, { id, ts: f.ts });
+    } else if (f.client_id === void 0 && f.from?.kind === "user" && f.from.id === this.#host.user && !this.outbox.isAcked(id)) {
       r.unclaimed.push(f);
       if (r.unclaimed.length > UNCLAIMED_MAX) r.unclaimed.shift();
     }
@@ -310,10 +314,11 @@ var RoomBook = class {
     const r = this.#rooms.get(room);
     if (r) r.unclaimed = r.unclaimed.filter((m) => String(m.id) !== String(id));
   }
-  // Messages that went out on an earlier connection but got no ack may have been stored. The server
-  // does not echo our ref in `message` frames, so we match them against our own messages that no ack
-  // claimed (same sender, same text; seen live or replayed after `since`), oldest first, and resend
-  // only the unmatched ones.
+  // Messages that went out on an earlier connection but got no ack may have been stored. Each is sent
+  // with its ref as `client_id`: a server that stores client ids returns it on the stored copy
+  // (settled in onMessage) and answers a resend with the first ack, so resending is safe. For copies
+  // without a client id (an older server), match our own messages that no ack claimed (same sender,
+  // same text; seen live or replayed after `since`), oldest first, and resend only the unmatched ones.
   reconcile(room) {
     const r = this.#rooms.get(room);
     if (!r) return;
@@ -344,7 +349,8 @@ var RoomBook = class {
     const generation = this.#host.generation;
     for (const entry of this.outbox.of(room)) {
       if (entry.sentOn === generation || entry.posting) continue;
-      if (!this.#host.send({ type: "message", room, text: entry.text, ref: entry.ref })) return;
+      const frame = { type: "message", room, text: entry.text, ref: entry.ref, client_id: entry.ref };
+      if (!this.#host.send(frame)) return;
       entry.sentOn = generation;
     }
   }
@@ -653,7 +659,8 @@ var Transport = class {
   #owner;
   #timers = new Timers();
   #requests = /* @__PURE__ */ new Map();
-  #refPrefix = Math.random().toString(36).slice(2, 8);
+  // Refs double as message client ids, so they must not repeat across page loads: 52 random bits.
+  #refPrefix = Math.floor(Math.random() * 2 ** 52).toString(36);
   #refCount = 0;
   #ws = null;
   #active = false;
@@ -1037,7 +1044,7 @@ var ChatClient = class extends ChatEvents {
       return Promise.reject(new ChatError("unavailable", "client closed"));
     }
     if (!this.#rooms.get(room)) return Promise.reject(new ChatError("bad_request", "join the room before sending"));
-    if (frameBytes({ type: "message", room, text, ref: "xxxxxx-0000000" }) > this.#o.maxFrameBytes) {
+    if (frameBytes({ type: "message", room, text, ref: "x".repeat(16), client_id: "x".repeat(16) }) > this.#o.maxFrameBytes) {
       return Promise.reject(new ChatError("too_large", "message is larger than the frame limit"));
     }
     this.typing(room, false);
@@ -1046,6 +1053,16 @@ var ChatClient = class extends ChatEvents {
   /** Report typing: call with `true` on every keystroke, `false` when the input is cleared. */
   typing(room, state) {
     this.#typing.report(room, state);
+  }
+  /**
+   * Stop the bot's reply to the user message `messageId` (socket only). Resolves with `cancel_ok`;
+   * the reply then ends with `status cancelled`, and the text so far is stored as a cancelled reply.
+   */
+  async cancel(room, messageId) {
+    if (!this.#transport.live) throw new ChatError("unavailable", "cancel needs the WebSocket");
+    const reply = await this.#transport.request({ type: "cancel", room, message: messageId });
+    if (reply.type !== "cancel_ok") throw new ChatError("internal", `unexpected answer to cancel: ${reply.type}`);
+    return reply;
   }
   startBot(bot2) {
     return this.#botCommand(bot2, "start");
@@ -1238,7 +1255,14 @@ var ChatStore = class {
       ),
       on("left", (f) => this.#update(f.room, () => ({ status: "left", typing: [], members: [] }))),
       on("message", (m) => this.addMessages(m.room, [m])),
-      on("delta", (d) => this.applyReply(d.room, { replyTo: d.reply_to, text: d.text, mode: "append" })),
+      on(
+        "delta",
+        (d) => this.applyReply(d.room, { replyTo: d.reply_to, text: d.text, mode: "append", attempt: d.attempt, seq: d.seq })
+      ),
+      on(
+        "stream",
+        (s) => this.applyReply(s.room, { replyTo: s.reply_to, text: s.text, mode: "replace", attempt: s.attempt, seq: s.seq })
+      ),
       on("status", (s) => this.#onStatus(s.room, s.message_id, s.state, s.detail)),
       on("typing", (t) => this.#onTyping(t.room, t.from, t.state)),
       on("presence", (p) => this.#onPresence(p.room, p.user, p.event)),
@@ -1319,10 +1343,11 @@ var ChatStore = class {
   }
   /** Start or stop the room's bot (over the socket, or over HTTP when it is down) and show the result. */
   async botCommand(room, action) {
+    const before = this.room(room).bot;
     const result = await (action === "start" ? this.client.startBot(room) : this.client.stopBot(room));
     this.#update(
       room,
-      (v) => v.bot && v.bot.status !== result.status ? { bot: { ...v.bot, status: result.status, error: result.error } } : {}
+      (v) => v.bot && v.bot === before && v.bot.status !== result.status ? { bot: { ...v.bot, status: result.status, error: result.error } } : {}
     );
     return result;
   }
@@ -1353,19 +1378,23 @@ var ChatStore = class {
       };
     });
   }
-  /**
-   * A streamed reply changed: `append` adds a piece (a `delta` frame); `replace` sets the whole text
-   * so far (a snapshot). `state` other than streaming ends it without a final message.
-   */
+  /** A streamed reply changed (see ReplyChange). Ignored once the reply's final message is in. */
   applyReply(room, change) {
-    if (this.#ids.get(room)?.size && this.room(room).messages.some((m) => m.reply_to === change.replyTo)) return;
+    if (this.#answered(room, change.replyTo)) return;
     this.#update(room, (v) => {
       const current = v.replies.find((r) => r.replyTo === change.replyTo);
-      const text = change.mode === "append" && current ? current.text + change.text : change.text;
-      const next = { replyTo: change.replyTo, text, state: change.state ?? "streaming" };
+      const next = nextReply(current, change);
+      if (next === current) return {};
       const replies = current ? v.replies.map((r) => r === current ? next : r) : [...v.replies, next];
       return { replies };
     });
+  }
+  /** Ask the bot to stop its reply to `messageId`; the view follows the frames that come back. */
+  cancel(room, messageId) {
+    return this.client.cancel(room, messageId);
+  }
+  #answered(room, replyTo) {
+    return this.room(room).messages.some((m) => m.reply_to === replyTo);
   }
   /** Stop listening to the client. */
   dispose() {
@@ -1383,10 +1412,8 @@ var ChatStore = class {
     this.#update(room, (v) => {
       const progress2 = { ...v.progress, [messageId]: detail === void 0 ? { state } : { state, detail } };
       const stream = v.replies.find((r) => r.replyTo === messageId);
-      if (!stream) return { progress: progress2 };
-      if (state === "processing") return { progress: progress2, replies: v.replies.filter((r) => r !== stream) };
-      if (state === "failed") return { progress: progress2, replies: v.replies.map((r) => r === stream ? { ...r, state } : r) };
-      return { progress: progress2 };
+      if (!stream || state !== "failed" && state !== "cancelled") return { progress: progress2 };
+      return { progress: progress2, replies: v.replies.map((r) => r === stream ? { ...r, state } : r) };
     });
   }
   #onTyping(room, from, state) {
@@ -1428,6 +1455,18 @@ var ChatStore = class {
     for (const listener of [...this.#listeners]) listener();
   }
 };
+function nextReply(current, change) {
+  const attempt = change.attempt ?? null;
+  const seq = change.seq ?? null;
+  const fresh = { replyTo: change.replyTo, text: change.text, attempt, seq, state: change.state ?? "streaming" };
+  if (!current || change.mode === "replace") return fresh;
+  if (attempt !== null && current.attempt !== null) {
+    if (attempt < current.attempt) return current;
+    if (attempt > current.attempt) return fresh;
+    if (seq !== null && current.seq !== null && seq <= current.seq) return current;
+  }
+  return { ...current, text: current.text + change.text, attempt: attempt ?? current.attempt, seq: seq ?? current.seq };
+}
 
 // src/validate.ts
 var validate_exports = {};
@@ -1544,7 +1583,7 @@ var errorCode = oneOf(
   "internal"
 );
 var botStatus = oneOf("starting", "running", "stopping", "stopped", "error");
-var progress = oneOf("processing", "thinking", "executing", "done", "failed");
+var progress = oneOf("processing", "thinking", "executing", "done", "failed", "cancelled");
 var sender = obj({ kind: oneOf("user", "bot"), id: str, name: opt(str) });
 var botInfo = obj({
   id: str,
@@ -1561,7 +1600,9 @@ var message = obj({
   from: sender,
   text: str,
   reply_to: opt(str),
-  queued: opt(bool)
+  queued: opt(bool),
+  client_id: opt(str),
+  state: opt(lit("cancelled"))
 });
 var bot = obj({
   id: str,
@@ -1617,7 +1658,9 @@ var SERVER_FRAMES = {
     state: progress,
     detail: opt(str)
   }),
-  delta: obj({ type: lit("delta"), room: str, reply_to: str, text: str })
+  delta: obj({ type: lit("delta"), room: str, reply_to: str, text: str, attempt: int, seq: int }),
+  stream: obj({ type: lit("stream"), room: str, reply_to: str, text: str, attempt: int, seq: int }),
+  cancel_ok: obj({ type: lit("cancel_ok"), room: str, message: str, ref: opt(ref) })
 };
 var SERVER_FRAME_TYPES = Object.freeze(Object.keys(SERVER_FRAMES));
 function problems(guard, value, options = {}) {

@@ -8,7 +8,7 @@
 import { ChatError } from "./errors.js";
 import { ChatEvents, type CloseReason, type ConnectionState } from "./events.js";
 import { Poller } from "./fallback.js";
-import type { Bot, BotStatus, HistoryPage, NewBot, ServerFrame, Stored, WelcomeFrame } from "./frames.js";
+import type { Bot, BotStatus, CancelOkFrame, HistoryPage, NewBot, ServerFrame, Stored, WelcomeFrame } from "./frames.js";
 import { type FetchLike, HttpApi, type HistoryQuery } from "./http.js";
 import { type Joined, RoomBook } from "./rooms.js";
 import { type TokenSource, TokenKeeper } from "./tokens.js";
@@ -217,7 +217,7 @@ export class ChatClient extends ChatEvents {
       return Promise.reject(new ChatError("unavailable", "client closed"));
     }
     if (!this.#rooms.get(room)) return Promise.reject(new ChatError("bad_request", "join the room before sending"));
-    if (frameBytes({ type: "message", room, text, ref: "xxxxxx-0000000" }) > this.#o.maxFrameBytes) {
+    if (frameBytes({ type: "message", room, text, ref: "x".repeat(16), client_id: "x".repeat(16) }) > this.#o.maxFrameBytes) {
       return Promise.reject(new ChatError("too_large", "message is larger than the frame limit"));
     }
     this.typing(room, false);
@@ -227,6 +227,17 @@ export class ChatClient extends ChatEvents {
   /** Report typing: call with `true` on every keystroke, `false` when the input is cleared. */
   typing(room: string, state: boolean): void {
     this.#typing.report(room, state);
+  }
+
+  /**
+   * Stop the bot's reply to the user message `messageId` (socket only). Resolves with `cancel_ok`;
+   * the reply then ends with `status cancelled`, and the text so far is stored as a cancelled reply.
+   */
+  async cancel(room: string, messageId: string): Promise<CancelOkFrame> {
+    if (!this.#transport.live) throw new ChatError("unavailable", "cancel needs the WebSocket");
+    const reply = await this.#transport.request({ type: "cancel", room, message: messageId });
+    if (reply.type !== "cancel_ok") throw new ChatError("internal", `unexpected answer to cancel: ${reply.type}`);
+    return reply;
   }
 
   startBot(bot: string): Promise<BotCommandResult> {

@@ -3,6 +3,7 @@
 import type {
   AckFrame,
   AuthOkFrame,
+  CancelOkFrame,
   BotInfo,
   BotStatusFrame,
   DeltaFrame,
@@ -14,6 +15,7 @@ import type {
   PresenceFrame,
   ReconnectFrame,
   StatusFrame,
+  StreamFrame,
   TypingFrame,
   WelcomeFrame,
 } from "./frames.js";
@@ -74,6 +76,8 @@ export interface ChatEventMap {
   presence: PresenceFrame;
   status: StatusFrame;
   delta: DeltaFrame;
+  stream: StreamFrame;
+  cancel_ok: CancelOkFrame;
   bot_status: BotStatusFrame;
   auth_ok: AuthOkFrame;
   reconnect: ReconnectFrame;

@@ -23,7 +23,7 @@ export type ErrorCode =
 export type BotStatus = "starting" | "running" | "stopping" | "stopped" | "error";
 
 /** Progress of the bot's work on one user message (`status` frames). */
-export type ProgressState = "processing" | "thinking" | "executing" | "done" | "failed";
+export type ProgressState = "processing" | "thinking" | "executing" | "done" | "failed" | "cancelled";
 
 /** Who wrote a message or is typing. `name` is present when the token (or the bot) has one. */
 export interface Sender {
@@ -128,6 +128,10 @@ export interface MessageFrame {
   reply_to?: string;
   /** On the live copy of a message stored while the bot is not running. */
   queued?: boolean;
+  /** The sender's own id of the message, when it sent one. */
+  client_id?: string;
+  /** On a bot reply stopped by `cancel`: it holds the text written until then. */
+  state?: "cancelled";
 }
 
 export interface PresenceFrame {
@@ -152,12 +156,36 @@ export interface StatusFrame {
   detail?: string;
 }
 
-/** A new piece of a bot's reply while it is being written; live only, never replayed. */
+/** The next piece of a bot's reply while it is being written: piece `seq` of try `attempt`. */
 export interface DeltaFrame {
   type: "delta";
   room: string;
   reply_to: string;
   text: string;
+  attempt: number;
+  seq: number;
+}
+
+/**
+ * A reply in progress as it stands (its text through piece `seq`): sent after `joined` for every
+ * reply in flight, and with `seq` 0 and no text when a new attempt starts the reply again.
+ */
+export interface StreamFrame {
+  type: "stream";
+  room: string;
+  reply_to: string;
+  text: string;
+  attempt: number;
+  seq: number;
+}
+
+/** The answer to an accepted `cancel`; the reply then ends with `status cancelled`. */
+export interface CancelOkFrame {
+  type: "cancel_ok";
+  room: string;
+  /** The id of the user message whose reply was cancelled. */
+  message: string;
+  ref?: Ref;
 }
 
 export type ServerFrame =
@@ -174,7 +202,9 @@ export type ServerFrame =
   | PresenceFrame
   | TypingFrame
   | StatusFrame
-  | DeltaFrame;
+  | DeltaFrame
+  | StreamFrame
+  | CancelOkFrame;
 
 export type ServerFrameType = ServerFrame["type"];
 
@@ -186,7 +216,8 @@ export type FrameOf<T extends ServerFrameType> = Extract<ServerFrame, { type: T 
 export type ClientFrame =
   | { type: "join"; room: string; since?: string; ref?: Ref }
   | { type: "leave"; room: string; ref?: Ref }
-  | { type: "message"; room: string; text: string; ref?: Ref }
+  | { type: "message"; room: string; text: string; client_id?: string; ref?: Ref }
+  | { type: "cancel"; room: string; message: string; ref?: Ref }
   | { type: "typing"; room: string; state: boolean; ref?: Ref }
   | { type: "bot.start"; bot: string; ref?: Ref }
   | { type: "bot.stop"; bot: string; ref?: Ref }

@@ -194,7 +194,17 @@ export class RoomBook {
     if (r.seen.has(id)) return false;
     remember(r.seen, id, this.#o.seenIdsPerRoom);
     r.lastId = id;
-    if (f.from?.kind === "user" && f.from.id === this.#host.user && !this.outbox.isAcked(id)) {
+    const entry = f.client_id === undefined ? undefined : this.outbox.byRef(f.client_id);
+    if (entry?.room === f.room) {
+      // Our client id on the stored copy: exact, whether or not its ack ever comes.
+      this.claim(f.room, id);
+      this.outbox.settle(entry, { id, ts: f.ts });
+    } else if (
+      f.client_id === undefined &&
+      f.from?.kind === "user" &&
+      f.from.id === this.#host.user &&
+      !this.outbox.isAcked(id)
+    ) {
       r.unclaimed.push(f);
       if (r.unclaimed.length > UNCLAIMED_MAX) r.unclaimed.shift();
     }
@@ -232,10 +242,11 @@ export class RoomBook {
     if (r) r.unclaimed = r.unclaimed.filter((m) => String(m.id) !== String(id));
   }
 
-  // Messages that went out on an earlier connection but got no ack may have been stored. The server
-  // does not echo our ref in `message` frames, so we match them against our own messages that no ack
-  // claimed (same sender, same text; seen live or replayed after `since`), oldest first, and resend
-  // only the unmatched ones.
+  // Messages that went out on an earlier connection but got no ack may have been stored. Each is sent
+  // with its ref as `client_id`: a server that stores client ids returns it on the stored copy
+  // (settled in onMessage) and answers a resend with the first ack, so resending is safe. For copies
+  // without a client id (an older server), match our own messages that no ack claimed (same sender,
+  // same text; seen live or replayed after `since`), oldest first, and resend only the unmatched ones.
   reconcile(room: string): void {
     const r = this.#rooms.get(room);
     if (!r) return;
@@ -268,7 +279,8 @@ export class RoomBook {
     const generation = this.#host.generation;
     for (const entry of this.outbox.of(room)) {
       if (entry.sentOn === generation || entry.posting) continue;
-      if (!this.#host.send({ type: "message", room, text: entry.text, ref: entry.ref })) return;
+      const frame: ClientFrame = { type: "message", room, text: entry.text, ref: entry.ref, client_id: entry.ref };
+      if (!this.#host.send(frame)) return;
       entry.sentOn = generation;
     }
   }

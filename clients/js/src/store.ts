@@ -2,9 +2,9 @@
 //
 // Every change replaces the affected room's view object and notifies subscribers, so
 // `useSyncExternalStore` (or any `subscribe` + `getSnapshot` consumer) re-renders exactly when the
-// room changed. Streamed replies go through one entry point, applyReply(), which takes either a
-// piece to append (today's `delta` frames) or the whole text so far with a state, so a later
-// snapshot-then-live or cancel protocol only needs to call it with `mode: "replace"`.
+// room changed. Streamed replies go through one entry point, applyReply(): a piece to append (a
+// `delta`, ordered by `attempt` and `seq`) or the whole text so far (a `stream` snapshot), plus an
+// end state (`cancelled`, `failed`); the final `message` with the same `reply_to` replaces it.
 
 import type { BotCommandResult, ChatClient } from "./client.js";
 import type { ChatError } from "./errors.js";
@@ -26,7 +26,20 @@ export interface ReplyStream {
   /** The user message it answers. */
   replyTo: string;
   text: string;
+  /** The try at the reply that `text` belongs to, and its last piece; null from an older server. */
+  attempt: number | null;
+  seq: number | null;
   state: "streaming" | "cancelled" | "failed";
+}
+
+export interface ReplyChange {
+  replyTo: string;
+  text: string;
+  /** `append` adds a piece (a `delta`); `replace` sets the text so far (a `stream` snapshot). */
+  mode: "append" | "replace";
+  attempt?: number;
+  seq?: number;
+  state?: ReplyStream["state"];
 }
 
 export interface Progress {
@@ -114,7 +127,12 @@ export class ChatStore {
       ),
       on("left", (f) => this.#update(f.room, () => ({ status: "left", typing: [], members: [] }))),
       on("message", (m) => this.addMessages(m.room, [m])),
-      on("delta", (d) => this.applyReply(d.room, { replyTo: d.reply_to, text: d.text, mode: "append" })),
+      on("delta", (d) =>
+        this.applyReply(d.room, { replyTo: d.reply_to, text: d.text, mode: "append", attempt: d.attempt, seq: d.seq }),
+      ),
+      on("stream", (s) =>
+        this.applyReply(s.room, { replyTo: s.reply_to, text: s.text, mode: "replace", attempt: s.attempt, seq: s.seq }),
+      ),
       on("status", (s) => this.#onStatus(s.room, s.message_id, s.state, s.detail)),
       on("typing", (t) => this.#onTyping(t.room, t.from, t.state)),
       on("presence", (p) => this.#onPresence(p.room, p.user, p.event)),
@@ -203,9 +221,13 @@ export class ChatStore {
 
   /** Start or stop the room's bot (over the socket, or over HTTP when it is down) and show the result. */
   async botCommand(room: string, action: "start" | "stop"): Promise<BotCommandResult> {
+    const before = this.room(room).bot;
     const result = await (action === "start" ? this.client.startBot(room) : this.client.stopBot(room));
+    // Over the socket, bot_status events may already have moved past the answer: keep the newest.
     this.#update(room, (v) =>
-      v.bot && v.bot.status !== result.status ? { bot: { ...v.bot, status: result.status, error: result.error } } : {},
+      v.bot && v.bot === before && v.bot.status !== result.status
+        ? { bot: { ...v.bot, status: result.status, error: result.error } }
+        : {},
     );
     return result;
   }
@@ -239,22 +261,25 @@ export class ChatStore {
     });
   }
 
-  /**
-   * A streamed reply changed: `append` adds a piece (a `delta` frame); `replace` sets the whole text
-   * so far (a snapshot). `state` other than streaming ends it without a final message.
-   */
-  applyReply(
-    room: string,
-    change: { replyTo: string; text: string; mode: "append" | "replace"; state?: ReplyStream["state"] },
-  ): void {
-    if (this.#ids.get(room)?.size && this.room(room).messages.some((m) => m.reply_to === change.replyTo)) return;
+  /** A streamed reply changed (see ReplyChange). Ignored once the reply's final message is in. */
+  applyReply(room: string, change: ReplyChange): void {
+    if (this.#answered(room, change.replyTo)) return;
     this.#update(room, (v) => {
       const current = v.replies.find((r) => r.replyTo === change.replyTo);
-      const text = change.mode === "append" && current ? current.text + change.text : change.text;
-      const next: ReplyStream = { replyTo: change.replyTo, text, state: change.state ?? "streaming" };
+      const next = nextReply(current, change);
+      if (next === current) return {};
       const replies = current ? v.replies.map((r) => (r === current ? next : r)) : [...v.replies, next];
       return { replies };
     });
+  }
+
+  /** Ask the bot to stop its reply to `messageId`; the view follows the frames that come back. */
+  cancel(room: string, messageId: string): Promise<unknown> {
+    return this.client.cancel(room, messageId);
+  }
+
+  #answered(room: string, replyTo: string): boolean {
+    return this.room(room).messages.some((m) => m.reply_to === replyTo);
   }
 
   /** Stop listening to the client. */
@@ -276,11 +301,9 @@ export class ChatStore {
     this.#update(room, (v) => {
       const progress = { ...v.progress, [messageId]: detail === undefined ? { state } : { state, detail } };
       const stream = v.replies.find((r) => r.replyTo === messageId);
-      if (!stream) return { progress };
-      // `processing` again means a retry: the stream starts over. `failed`: it ends without a reply.
-      if (state === "processing") return { progress, replies: v.replies.filter((r) => r !== stream) };
-      if (state === "failed") return { progress, replies: v.replies.map((r) => (r === stream ? { ...r, state } : r)) };
-      return { progress };
+      if (!stream || (state !== "failed" && state !== "cancelled")) return { progress };
+      // It ends without a complete reply; a cancelled one's text so far may still come as a message.
+      return { progress, replies: v.replies.map((r) => (r === stream ? { ...r, state } : r)) };
     });
   }
 
@@ -326,4 +349,18 @@ export class ChatStore {
   #notify(): void {
     for (const listener of [...this.#listeners]) listener();
   }
+}
+
+/** The reply after a change; `current` itself when the change is stale or a duplicate. */
+export function nextReply(current: ReplyStream | undefined, change: ReplyChange): ReplyStream {
+  const attempt = change.attempt ?? null;
+  const seq = change.seq ?? null;
+  const fresh: ReplyStream = { replyTo: change.replyTo, text: change.text, attempt, seq, state: change.state ?? "streaming" };
+  if (!current || change.mode === "replace") return fresh;
+  if (attempt !== null && current.attempt !== null) {
+    if (attempt < current.attempt) return current; // a late piece of an abandoned try
+    if (attempt > current.attempt) return fresh; // a new try starts the reply again
+    if (seq !== null && current.seq !== null && seq <= current.seq) return current; // already have it
+  }
+  return { ...current, text: current.text + change.text, attempt: attempt ?? current.attempt, seq: seq ?? current.seq };
 }

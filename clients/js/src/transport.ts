@@ -54,7 +54,8 @@ export class Transport {
   readonly #owner: TransportOwner;
   readonly #timers = new Timers();
   readonly #requests = new Map<string, Pending>();
-  readonly #refPrefix = Math.random().toString(36).slice(2, 8);
+  // Refs double as message client ids, so they must not repeat across page loads: 52 random bits.
+  readonly #refPrefix = Math.floor(Math.random() * 2 ** 52).toString(36);
   #refCount = 0;
   #ws: SocketLike | null = null;
   #active = false; // between start() and stop()

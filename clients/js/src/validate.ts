@@ -142,7 +142,7 @@ const errorCode: Guard<ErrorCode> = oneOf(
   "internal",
 );
 const botStatus: Guard<BotStatus> = oneOf("starting", "running", "stopping", "stopped", "error");
-const progress: Guard<ProgressState> = oneOf("processing", "thinking", "executing", "done", "failed");
+const progress: Guard<ProgressState> = oneOf("processing", "thinking", "executing", "done", "failed", "cancelled");
 
 export const sender: Guard<Sender> = obj<Sender>({ kind: oneOf("user", "bot"), id: str, name: opt(str) });
 
@@ -163,6 +163,8 @@ export const message: Guard<MessageFrame> = obj<MessageFrame>({
   text: str,
   reply_to: opt(str),
   queued: opt(bool),
+  client_id: opt(str),
+  state: opt(lit("cancelled")),
 });
 
 export const bot: Guard<Bot> = obj<Bot>({
@@ -222,7 +224,9 @@ export const SERVER_FRAMES: { readonly [K in ServerFrameType]: Guard<FrameOf<K>>
     state: progress,
     detail: opt(str),
   }),
-  delta: obj<FrameOf<"delta">>({ type: lit("delta"), room: str, reply_to: str, text: str }),
+  delta: obj<FrameOf<"delta">>({ type: lit("delta"), room: str, reply_to: str, text: str, attempt: int, seq: int }),
+  stream: obj<FrameOf<"stream">>({ type: lit("stream"), room: str, reply_to: str, text: str, attempt: int, seq: int }),
+  cancel_ok: obj<FrameOf<"cancel_ok">>({ type: lit("cancel_ok"), room: str, message: str, ref: opt(ref) }),
 };
 
 /** Every server frame `type` of protocol 1. */

@@ -125,6 +125,8 @@ export interface UseChat extends RoomView {
   reportTyping(state: boolean): void;
   startBot(): Promise<BotCommandResult>;
   stopBot(): Promise<BotCommandResult>;
+  /** Stop the bot's reply to one of the room's user messages (by its id). */
+  cancel(messageId: string): Promise<unknown>;
   /** Forget a failed pending message. */
   discard(key: string): void;
 }
@@ -163,6 +165,7 @@ export function useChat(room: string | null, options: UseChatOptions = {}): UseC
   );
   const startBot = useCallback(() => store.botCommand(room ?? NO_ROOM, "start"), [store, room]);
   const stopBot = useCallback(() => store.botCommand(room ?? NO_ROOM, "stop"), [store, room]);
+  const cancel = useCallback((messageId: string) => store.cancel(room ?? NO_ROOM, messageId), [store, room]);
   const discard = useCallback(
     (key: string) => {
       if (room) store.discard(room, key);
@@ -180,8 +183,9 @@ export function useChat(room: string | null, options: UseChatOptions = {}): UseC
       reportTyping,
       startBot,
       stopBot,
+      cancel,
       discard,
     }),
-    [view, conn, store, send, reportTyping, startBot, stopBot, discard],
+    [view, conn, store, send, reportTyping, startBot, stopBot, cancel, discard],
   );
 }
