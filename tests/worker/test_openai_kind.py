@@ -407,6 +407,7 @@ def test_config_is_normalised() -> None:
         "temperature": 0,
         "max_tokens": 500,
     }
+    assert validate_bot_config("openai", full | {"history": 5.0})["history"] == 5
     assert validate_bot_config("openai", full) == full | {"timeout": 120.0, "connect_timeout": 5.0, "temperature": 0.0}
 
 
@@ -419,25 +420,30 @@ def test_config_is_normalised() -> None:
         ({"base_url": "https://host/v1?key=sk-abc"}, r"query or a fragment"),
         ({"base_url": "https://host:99999/v1"}, r"not a valid URL"),
         ({"model": None}, r"config\.model is required"),
-        ({"model": "  "}, r"config\.model is required"),
+        ({"model": ""}, r"config\.model is required"),
         ({"api_key": "sk-abc"}, r"config\.api_key is refused: a key never goes into a bot's config"),
         ({"headers": {"Authorization": "Bearer x"}}, r"config\.headers is refused"),
         ({"api_key_env": "sk-proj-abc123"}, r"NAME of the workers' environment variable .* never the key itself"),
         ({"api_key_env": "CHAT_JWT_SECRET"}, r"gateway's own settings"),
         ({"history": 101}, r"config\.history must be a whole number between 0 and 100"),
         ({"history": True}, r"config\.history must be a whole number"),
+        ({"history": 2.5}, r"config\.history must be a whole number"),
         ({"timeout": 0}, r"config\.timeout must be between"),
         ({"connect_timeout": 61}, r"config\.connect_timeout must be between"),
         ({"temperature": 3}, r"config\.temperature must be between 0 and 2"),
         ({"max_tokens": 0}, r"config\.max_tokens must be a whole number"),
         ({"system_prompt": 5}, r"config\.system_prompt must be a string"),
+        ({"system_prompt": "x" * 32_001}, r"config\.system_prompt must be at most 32000 characters"),
+        ({"max_tokens": "null"}, r"config\.max_tokens must be a whole number"),
+        ({"api_key_env": "null"}, r"config\.api_key_env must be the NAME"),
+        ({"model": "gpt\n4"}, r"config\.model must be a model name without control characters"),
         ({"stream": False}, r"unknown config field 'stream'"),
     ],
 )
 def test_config_errors_name_the_problem(change: dict[str, Any], message: str) -> None:
     """A bad openai config is refused with a message naming the field and what is wrong."""
     bad = {"base_url": "https://api.example.test/v1", "model": "m"} | change
-    bad = {name: value for name, value in bad.items() if value is not None}
+    bad = {name: None if value == "null" else value for name, value in bad.items() if value is not None}
     with pytest.raises(ValueError, match=message):
         validate_bot_config("openai", bad)
 

@@ -90,10 +90,10 @@ def _base_url(config: Mapping[str, Any]) -> str:
 
 
 def _text(config: Mapping[str, Any], name: str, maximum: int, *, required: bool) -> str | None:
-    value = config.get(name)
-    if value is None and not required:
+    if name not in config and not required:
         return None
-    if not isinstance(value, str) or (required and not value.strip()):
+    value = config.get(name)
+    if not isinstance(value, str) or (required and not value):
         raise ValueError(f"config.{name} {'is required and ' if required else ''}must be a string")
     if len(value) > maximum:
         raise ValueError(f"config.{name} must be at most {maximum} characters")
@@ -101,9 +101,9 @@ def _text(config: Mapping[str, Any], name: str, maximum: int, *, required: bool)
 
 
 def _key_env(config: Mapping[str, Any]) -> str | None:
-    name = config.get("api_key_env")
-    if name is None:
+    if "api_key_env" not in config:
         return None
+    name = config["api_key_env"]
     if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
         raise ValueError(
             "config.api_key_env must be the NAME of the workers' environment variable that holds the key "
@@ -115,9 +115,11 @@ def _key_env(config: Mapping[str, Any]) -> str | None:
 
 
 def _integer(config: Mapping[str, Any], name: str, *, minimum: int, maximum: int) -> int | None:
-    value = config.get(name)
-    if value is None:
+    if name not in config:
         return None
+    value = config[name]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON does not tell 32 from 32.0
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
         raise ValueError(f"config.{name} must be a whole number between {minimum} and {maximum}")
     return value
