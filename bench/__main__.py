@@ -53,6 +53,14 @@ def _brief(result: dict[str, Any]) -> str:
     if "summary" not in result:
         return str(result.get("error") or result.get("skipped"))
     s = result["summary"]
+    if "connections_per_s" in s:
+        text = (
+            f"{s['joined']} of {s['connections']} joined, {s['connections_per_s']} connections/s, "
+            f"{s['server_cpu_us_per_conn']} µs/connection (Redis {s['redis_cpu_us_per_conn']}), "
+            f"joined p50 {s['join_p50_ms']} p99 {s['join_p99_ms']} max {s['join_max_ms']} ms, nearest its limit: "
+            f"{s['nearest_limit']}"
+        )
+        return f"FAILED: {result['error']}; {text}" if "error" in result else text
     if "capacity_ratio" in s:
         a, b = scale.NODE_COUNTS
         return (

@@ -22,7 +22,7 @@ import uvloop
 
 from bench import rawws
 from bench.procs import raise_fd_limit
-from bench.stats import Seen, Tally, count, marker
+from bench.stats import Histogram, Seen, Tally, count, marker
 from bench.wire import ANSWER, MESSAGE, REPLY, WIRES, Wire
 
 CONNECT_TIMEOUT = 30.0
@@ -30,17 +30,19 @@ CONNECT_TIMEOUT = 30.0
 
 @dataclass(frozen=True)
 class Member:
-    """One client to open: its global index (the sender id in markers), URL and room."""
+    """One client to open: its global index (the sender id in markers), URL, room, and where to resume it."""
 
     index: int
     url: str
     room: str
+    since: str | None = None  # the last message id the client holds (systems that resume by position)
 
 
 @dataclass(eq=False)
 class Client:
     member: Member
     ws: rawws.RawWebSocket
+    joined_ns: int
     seen: tuple[Seen, Seen] = field(default_factory=lambda: (Seen(), Seen()))  # messages, replies
     seq: int = 0
 
@@ -59,26 +61,57 @@ class Generator:
         self.frames = 0  # every text frame received in the current step, deliveries or not
         self.padding = ""
 
-    async def connect(self, wire: str, members: list[Member], concurrency: int, padding: int) -> dict[str, Any]:
+    async def connect(
+        self, wire: str, members: list[Member], concurrency: int, padding: int, deadline: float | None = None
+    ) -> dict[str, Any]:
+        """Open and join ``members``, ``concurrency`` handshakes at a time; failures are counted, not raised.
+
+        With ``deadline`` (seconds), a connection not joined by then fails, and none starts after it.
+        The answer holds each joined connection's time from its TCP connect to its ``joined``.
+        """
         self.wire = WIRES[wire]
         # Clients share one decoder: decoding keeps no per-connection state.
         self.decoder = self.wire()
         self.padding = "x" * padding
         gate = asyncio.Semaphore(concurrency)
-        results = await asyncio.gather(*(self._open(m, gate) for m in members), return_exceptions=True)
-        errors = [repr(r) for r in results if isinstance(r, BaseException)]
-        self.clients.extend(r for r in results if isinstance(r, Client))
-        return {"connected": len(members) - len(errors), "errors": errors[:5], "failed": len(errors)}
+        until = None if deadline is None else time.monotonic() + deadline
+        joins = Histogram()
+        cpu, started_ns = time.process_time(), time.monotonic_ns()
+        opened = [self._open(m, gate, until, joins) for m in members]
+        results = await asyncio.gather(*opened, return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        clients = [r for r in results if isinstance(r, Client)]
+        self.clients.extend(clients)
+        kinds: dict[str, int] = {}
+        for failure in failures:
+            kinds[type(failure).__name__] = kinds.get(type(failure).__name__, 0) + 1
+        return {
+            "connected": len(clients),
+            "errors": [repr(f) for f in failures[:5]],
+            "error_kinds": kinds,
+            "failed": len(failures),
+            "joins": joins,
+            "started_ns": started_ns,
+            "last_joined_ns": max((c.joined_ns for c in clients), default=0),
+            "cpu_s": time.process_time() - cpu,
+        }
 
-    async def _open(self, member: Member, gate: asyncio.Semaphore) -> Client:
+    async def _open(self, member: Member, gate: asyncio.Semaphore, until: float | None, joins: Histogram) -> Client:
         async with gate:
-            ws = await asyncio.wait_for(rawws.connect(member.url), CONNECT_TIMEOUT)
+            started_ns = time.monotonic_ns()
+            budget = CONNECT_TIMEOUT if until is None else min(CONNECT_TIMEOUT, until - started_ns / 1e9)
+            if budget <= 0:
+                raise TimeoutError("the connect deadline passed before this connection started")
+            ws = await asyncio.wait_for(rawws.connect(member.url), budget)
             try:
-                await asyncio.wait_for(self._handshake(ws, member), CONNECT_TIMEOUT)
+                left = budget - (time.monotonic_ns() - started_ns) / 1e9
+                await asyncio.wait_for(self._handshake(ws, member), left)
             except BaseException:
                 ws.close()
                 raise
-        client = Client(member, ws)
+            joined_ns = time.monotonic_ns()
+            joins.record((joined_ns - started_ns) / 1000)  # µs from the TCP connect to ``joined``
+        client = Client(member, ws, joined_ns)
         ws.on_close = self._closed
         ws.deliver_to(functools.partial(self._on_text, client))
         return client
@@ -89,7 +122,7 @@ class Generator:
             answer = wire.hello_done(await ws.receive())
             if answer is not None:
                 ws.send(answer)
-        ws.send(wire.join_frame(member.room, 1))
+        ws.send(wire.join_frame(member.room, 1, member.since))
         while not wire.joined(data := await ws.receive(), member.room, 1):
             event = wire.decode(data)
             if event is not None and event[0] == ANSWER:
@@ -214,7 +247,8 @@ class LoadGen:
 
     def _roundtrip(self, op: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         self._conn.send((op, kwargs))
-        return self._conn.recv()
+        answer: dict[str, Any] = self._conn.recv()
+        return answer
 
     def stop(self) -> None:
         with contextlib.suppress(OSError, EOFError):

@@ -53,6 +53,9 @@ class Api:
     async def add_member(self, owner: str, bot: str, user: str) -> None:
         await self._call("PUT", f"/api/bots/{bot}/members/{user}", owner, 204)
 
+    async def post_message(self, user: str, bot: str, text: str) -> str:
+        return str((await self._call("POST", f"/api/bots/{bot}/messages", user, 202, {"text": text}))["id"])
+
     async def start_bot(self, owner: str, bot: str) -> None:
         await self._call("POST", f"/api/bots/{bot}/start", owner, 202)
 
@@ -79,6 +82,13 @@ async def make_rooms(base: str, rooms: list[list[str]]) -> list[str]:
             api.add_member(OWNER, bot, user) for bot, users in zip(bots, rooms, strict=True) for user in users
         )
         return bots
+
+
+async def post_messages(base: str, bots: list[str]) -> list[str]:
+    """Post one message as the owner into each of ``bots``' rooms; return the new messages' ids."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=API_CONCURRENCY)) as session:
+        api = Api(session, base)
+        return await _bounded(api.post_message(OWNER, bot, "before the storm") for bot in bots)
 
 
 async def make_bot_rooms(base: str, users: list[str]) -> list[str]:

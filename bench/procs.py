@@ -84,6 +84,18 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / _TICKS
 
 
+def listen_overflows() -> int:
+    """Times since boot that a listening socket's accept queue was full and a new connection had to wait.
+
+    The kernel's TcpExt ListenOverflows counter (/proc/net/netstat), for the whole machine: a client
+    whose handshake lands on a full queue retries after a second or more.
+    """
+    with open("/proc/net/netstat") as f:
+        lines = [line.split() for line in f if line.startswith("TcpExt:")]
+    names, values = lines[0], lines[1]
+    return int(values[names.index("ListenOverflows")])
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory (VmRSS) of ``pid`` and its live descendants, in bytes."""
     total = 0

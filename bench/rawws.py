@@ -61,7 +61,7 @@ class RawWebSocket(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport
-        transport.write(self._request)
+        transport.write(self._request)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -180,5 +180,9 @@ async def connect(url: str) -> RawWebSocket:
     ).encode()
     loop = asyncio.get_running_loop()
     _transport, protocol = await loop.create_connection(lambda: RawWebSocket(request, key), host, int(port))
-    await protocol.upgraded()
+    try:
+        await protocol.upgraded()
+    except BaseException:
+        protocol._abort()  # a timed-out or cancelled upgrade must not leave its socket open
+        raise
     return protocol

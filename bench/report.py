@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.drive import limit_label
 from bench.scale import NAME as SCALE
 from bench.scale import NODE_COUNTS
 
@@ -24,6 +25,9 @@ COLUMNS = [
     ("frames_per_delivery", "frames/delivery"),
     ("other_cpu_pct", "other CPU %"),
 ]
+STORM = "storm"
+# Scenarios whose table has only their own columns: the storm sends no messages, so delivery figures do not apply.
+OWN_COLUMNS = {STORM}
 EXTRA_COLUMNS = {
     "fanout": [("max_ok_rate", "max ok msg/s")],
     "idle": [("idle_cpu_pct", "idle server CPU %")],
@@ -33,6 +37,31 @@ EXTRA_COLUMNS = {
         ("reply_max_ms", "reply max ms"),
         ("worker_cpu_us_per_reply", "worker µs/reply"),
     ],
+    STORM: [
+        ("connections", "connections"),
+        ("errors", "errors"),
+        ("dropped", "dropped"),
+        ("connections_per_s", "connections/s"),
+        ("server_cpu_us_per_conn", "server µs/conn"),
+        ("redis_cpu_us_per_conn", "Redis µs/conn"),
+        ("join_p50_ms", "joined p50 ms"),
+        ("join_p99_ms", "joined p99 ms"),
+        ("join_max_ms", "joined max ms"),
+        ("rss_per_conn_kb", "RSS KB/conn"),
+        ("listen_overflows", "accept queue full"),
+        ("loadgen_cpu_pct_max", "busiest loadgen CPU %"),
+        ("other_cpu_pct", "other CPU %"),
+        ("nearest_limit", "nearest its limit"),
+    ],
+}
+INTRO = {
+    STORM: "Every client connects, authenticates and joins its two-member room at once, spread over both nodes "
+    "(ours joins with `since`, the id of the room's last message, as a client resuming after a reconnect). "
+    "*connections/s*: joined connections per second from the first connect to the last `joined`; *µs/conn*: CPU "
+    "of the nodes (or Redis) from the first connect until the nodes are quiet again, per joined connection; "
+    "*joined*: per connection, from its TCP connect to its `joined`; *accept queue full*: connections the kernel "
+    "held back because a node's listen backlog was full (each waits a second or more); *nearest its limit*: which "
+    "of server (busiest node), load generator and Redis used the largest share of what it can use.",
 }
 STEP_COLUMNS = [
     ("rate", "msg/s"),
@@ -47,8 +76,18 @@ STEP_COLUMNS = [
     ("loadgen_cpu_pct_max", "busiest loadgen CPU %"),
     ("other_cpu_pct", "other CPU %"),
 ]
-# Ratios of ours to each peer: for costs and latencies lower is better, for max_ok_rate higher is.
-RATIO_KEYS = ["server_cpu_us_per_delivery", "redis_cpu_us_per_delivery", "rss_per_conn_kb", "p99_ms", "max_ok_rate"]
+# Ratios of ours to each peer: for costs and latencies lower is better, for max_ok_rate and connections_per_s higher is.
+RATIO_KEYS = [
+    "server_cpu_us_per_delivery",
+    "redis_cpu_us_per_delivery",
+    "rss_per_conn_kb",
+    "p99_ms",
+    "max_ok_rate",
+    "server_cpu_us_per_conn",
+    "redis_cpu_us_per_conn",
+    "join_p99_ms",
+    "connections_per_s",
+]
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float | None]]]:
@@ -62,7 +101,7 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, 
             theirs = result.get("summary")
             if peer == "ours" or not theirs:
                 continue
-            row = {}
+            row: dict[str, float | None] = {}
             for key in RATIO_KEYS:
                 a, b = mine.get(key), theirs.get(key)
                 if isinstance(a, int | float) and isinstance(b, int | float) and b:
@@ -104,11 +143,15 @@ def markdown(data: dict[str, Any]) -> str:
         if scenario == SCALE:
             lines += scale_markdown(by_system)
             continue
-        columns = COLUMNS + EXTRA_COLUMNS.get(scenario, [])
+        if scenario in INTRO:
+            lines += ["", INTRO[scenario]]
+        columns = ([] if scenario in OWN_COLUMNS else COLUMNS) + EXTRA_COLUMNS.get(scenario, [])
         rows = []
         for system, result in by_system.items():
             if "summary" in result:
                 rows.append([f"`{system}`"] + [result["summary"].get(key) for key, _ in columns])
+                if "error" in result:  # measured, but failed: say so above the table
+                    lines.append(f"- **`{system}` failed**: {result['error']}")
             else:
                 lines.append(f"- `{system}`: {result.get('error') or result.get('skipped')}")
         if rows:
@@ -121,13 +164,21 @@ def markdown(data: dict[str, Any]) -> str:
             ]
             lines += ["Steps:", "", *_table(["system"] + [title for _, title in STEP_COLUMNS], steps)]
     if data["ratios"]:
-        lines += ["## ours / peer", "", "Below 1 means ours costs less (or, for max ok msg/s, sustains less).", ""]
+        lines += [
+            "## ours / peer",
+            "",
+            "Below 1 means ours costs less (or, for max_ok_rate and connections_per_s, sustains less).",
+            "",
+        ]
+        keys = [
+            key for key in RATIO_KEYS if any(key in row for peers in data["ratios"].values() for row in peers.values())
+        ]
         rows = [
-            [scenario, f"`{peer}`"] + [row.get(key) for key in RATIO_KEYS]
+            [scenario, f"`{peer}`"] + [row.get(key) for key in keys]
             for scenario, peers in data["ratios"].items()
             for peer, row in peers.items()
         ]
-        lines += _table(["scenario", "peer", *RATIO_KEYS], rows)
+        lines += _table(["scenario", "peer", *keys], rows)
     return "\n".join(lines)
 
 
@@ -155,7 +206,7 @@ def scale_markdown(by_system: dict[str, Any]) -> list[str]:
     for title in ("max ok msg/s", "server µs/delivery"):
         header += [f"{title} {a} nodes", f"{b} nodes", f"{b}/{a}"]
     header += [f"node CPU % {a} nodes", f"{b} nodes", f"Redis µs/delivery {a} nodes", f"{b} nodes"]
-    header += [f"cost p99 ms {a} nodes", f"{b} nodes", "lost", "dup"]
+    header += [f"cost p99 ms {a} nodes", f"{b} nodes", "lost", "dup", f"nearest its limit {a} / {b} nodes"]
     rows = []
     for system, result in by_system.items():
         if "summary" not in result:
@@ -177,10 +228,12 @@ def scale_markdown(by_system: dict[str, Any]) -> list[str]:
                 s[f"p99_ms_{b}"],
                 s["lost"],
                 s["duplicated"],
+                " / ".join(limit_label(s.get(f"limits_{n}")) for n in (a, b)),
             ]
         )
     if rows:
         lines += _table(header, rows)
+    lines += _limits_markdown(by_system)
     steps = [
         [f"`{system}`", run["nodes"], kind] + [step.get(key) for key, _ in STEP_COLUMNS]
         for system, result in by_system.items()
@@ -193,6 +246,43 @@ def scale_markdown(by_system: dict[str, Any]) -> list[str]:
     if steps:
         lines += ["Steps:", "", *_table(["system", "nodes", "step"] + [t for _, t in STEP_COLUMNS], steps)]
     return lines
+
+
+def _limits_markdown(by_system: dict[str, Any]) -> list[str]:
+    """Per system and node count, how near each part of the machine was to its limit at the top passing rate."""
+    rows = []
+    for system, result in by_system.items():
+        for run in result.get("runs", []):
+            for when, limits in (("top passing", run.get("limits")), ("failed", run.get("limits_at_failure"))):
+                if not limits:
+                    continue
+                if when == "top passing" and not limits["passed"]:
+                    when = "first (none passed)"
+                rows.append(
+                    [
+                        f"`{system}`",
+                        run["nodes"],
+                        f"{when}: {_cell(limits['rate'])}",
+                        limits["server_pct"],
+                        limits["loadgen_pct"],
+                        limits["redis_pct"],
+                        limits["machine_pct"],
+                        limit_label(limits),
+                    ]
+                )
+    if not rows:
+        return []
+    header = ["system", "nodes", "rate msg/s", "busiest node CPU %", "loadgen CPU %", "Redis CPU %"]
+    header += ["all cores busy %", "nearest its limit"]
+    return [
+        "What bounded the capacity on this machine, at the top passing rate and at the rate that ended the search. "
+        "A node, Redis and each load-generator process run on one thread, so each is shown as % of one core "
+        "(the load generator: its busiest process, or all of them against the cores they can have, whichever is "
+        "higher); *all cores busy*: the whole machine. A capacity reached with the server nearest its limit is the "
+        "system's; with the load generator or Redis nearest, or with all cores busy, it is this machine's.",
+        "",
+        *_table(header, rows),
+    ]
 
 
 def _scale_panels(results: dict[str, Any], systems: list[str], axes: Any) -> None:
@@ -209,6 +299,24 @@ def _scale_panels(results: dict[str, Any], systems: list[str], axes: Any) -> Non
         ax.legend()
     axes[0].set(title="scale: highest rate with p99 ≤ 100 ms, no loss", ylabel="messages/s")
     axes[1].set(title="scale: server CPU per delivery (all nodes)", ylabel="µs")
+
+
+def _storm_panels(results: dict[str, Any], systems: list[str], axes: Any) -> None:
+    """Bars of server and Redis CPU per connection, and of p50 / p99 time to joined, per system."""
+    measured = [s for s in systems if "summary" in results.get(s, {})]
+    summaries = [results[s]["summary"] for s in measured]
+    for ax, keys, labels in (
+        (axes[0], ("server_cpu_us_per_conn", "redis_cpu_us_per_conn"), ("server", "Redis")),
+        (axes[1], ("join_p50_ms", "join_p99_ms"), ("p50", "p99")),
+    ):
+        width = 0.8 / len(keys)
+        for i, (key, label) in enumerate(zip(keys, labels, strict=True)):
+            xs = [x + i * width for x in range(len(measured))]
+            ax.bar(xs, [v.get(key) or 0 for v in summaries], width, label=label)
+        ax.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(len(measured))], measured)
+        ax.legend()
+    axes[0].set(title="storm: CPU per connection (connect, authenticate, join)", ylabel="µs")
+    axes[1].set(title="storm: time from connect to joined", ylabel="ms")
 
 
 def _panels(results: dict[str, Any], systems: list[str], axes: Any) -> None:
@@ -231,7 +339,9 @@ def _panels(results: dict[str, Any], systems: list[str], axes: Any) -> None:
             ax.minorticks_off()
     # The idle scenario's one message per room checks liveness; its CPU per delivery is not a throughput figure.
     # Scale's figures are per node count: they get panels of their own.
-    scenarios = [s for s in results if s not in ("idle", SCALE) and any("summary" in r for r in results[s].values())]
+    # The storm's costs are per connection: it has panels of its own too.
+    own = ("idle", SCALE, STORM)
+    scenarios = [s for s in results if s not in own and any("summary" in r for r in results[s].values())]
     width = 0.8 / max(len(systems), 1)
     for i, system in enumerate(systems):
         summaries = [results[s].get(system, {}).get("summary", {}) for s in scenarios]
@@ -248,7 +358,7 @@ def _panels(results: dict[str, Any], systems: list[str], axes: Any) -> None:
 
 
 def chart(data: dict[str, Any], path: Path) -> None:
-    """The four panels of the other scenarios (when any ran) and the scale scenario's two (when it ran)."""
+    """The four panels of the other scenarios (when any ran), then the storm's two and the scale scenario's two."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,11 +367,14 @@ def chart(data: dict[str, Any], path: Path) -> None:
     results = data["results"]
     systems = [name for name, status in data["systems"].items() if status == "ok"]
     scaled = any("summary" in r for r in results.get(SCALE, {}).values())
-    main_rows = 2 if not scaled or any(s != SCALE for s in results) else 0
-    rows = main_rows + scaled
+    stormed = any("summary" in r for r in results.get(STORM, {}).values())
+    main_rows = 2 if not (scaled or stormed) or any(s not in (SCALE, STORM) for s in results) else 0
+    rows = main_rows + stormed + scaled
     fig, axes = plt.subplots(rows, 2, figsize=(13, 4.5 * rows), squeeze=False)
     if main_rows:
         _panels(results, systems, axes[:2])
+    if stormed:
+        _storm_panels(results[STORM], systems, axes[main_rows])
     if scaled:
         _scale_panels(results[SCALE], systems, axes[-1])
     fig.suptitle(f"chat servers on one machine ({'quick' if data['meta']['quick'] else 'full'} run)")

@@ -23,6 +23,11 @@ spreads them: a room's two members always sit on two different nodes, so every m
 Redis to exactly two nodes with 2 nodes as with 3, and with 3 nodes each node holds 2/3 of the rooms.
 A system that subscribes a node only to the rooms it has members in does the same work per delivery
 with 3 nodes as with 2; one whose every node decodes every message does 3/2 of that part of it.
+
+Each topology also reports what bounded its capacity on the machine it ran on: at the top passing
+rate, the busiest node's, the load generator's and Redis's CPU as % of what each can use, the
+machine's busy %, and which of the three was nearest its limit. A capacity reached with the load
+generator or Redis nearest, or with every core busy, is the box's ceiling rather than the system's.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.drive import Drive
+from bench.drive import Drive, saturation
 from bench.loadgen import LoadGen, Member
 from bench.procs import cpu_seconds
 from bench.scenarios import P99_LIMIT_MS, user
@@ -178,6 +183,10 @@ def _result(side: Side, sizes: ScaleSizes) -> dict[str, Any]:
     """What one topology came to: its cost over all rounds, its capacity, and every step."""
     deliveries = sum(s["delivered"] for s in side.cost_steps)
     ok = [s["rate"] for s in side.steps if passed(s)]
+    # What bounded the capacity on this machine: each part's CPU at the top passing rate (or the first
+    # rate, when none passed), and at the rate that ended the search.
+    top = [s for s in side.steps if passed(s)] or side.steps[:1]
+    ended = side.steps[-1] if side.steps and not passed(side.steps[-1]) else None
     return {
         "nodes": side.nodes,
         **side.setup,
@@ -197,6 +206,8 @@ def _result(side: Side, sizes: ScaleSizes) -> dict[str, Any]:
         "max_ok_rate": ok[-1] if ok else 0,
         # Every offered rate passed: the capacity is only known to be at least the top rate.
         "top_rate_passed": bool(ok) and ok[-1] == sizes.rates[-1],
+        "limits": {"rate": top[-1]["rate"], "passed": bool(ok), **saturation(top[-1])} if top else None,
+        "limits_at_failure": {"rate": ended["rate"], **saturation(ended)} if ended else None,
     }
 
 
@@ -219,6 +230,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         summary[f"redis_cpu_us_per_delivery_{n}"] = cost["redis_cpu_us_per_delivery"]
         summary[f"node_cpu_pct_{n}"] = cost["node_cpu_pct"]
         summary[f"p99_ms_{n}"] = cost["p99_ms"]
+        summary[f"limits_{n}"] = run["limits"]
     base, more = runs[0], runs[-1]
     summary["capacity_ratio"] = _ratio(more["max_ok_rate"], base["max_ok_rate"])
     summary["cpu_ratio"] = _ratio(

@@ -1,12 +1,16 @@
-"""The four scenarios, each bounded in time and in count, each run on a fresh topology.
+"""The five scenarios, each bounded in time and in count, each run on a fresh topology.
 
 - fanout: one big room spread over both nodes, one sender at rising rates until p99 > 100 ms or loss;
 - idle: many connections on one node, each in a small room: memory per connection and idle CPU,
   then one message per room to prove every connection still delivers;
 - rooms: many two-member rooms, one member on each node, both chatting;
-- bot: users talk to their own echo bots served by two workers at rising rates; time to the bot's reply.
+- bot: users talk to their own echo bots served by two workers at rising rates; time to the bot's reply;
+- storm: every client of many two-member rooms connects, authenticates and joins at once, as after a
+  node died, resuming from its last message where the system can: connections per second, CPU per
+  connection, time to ``joined``, errors.
 
-Each returns ``{"summary": {...}, "steps": [...], ...}``; the summary has the same keys everywhere.
+Each returns ``{"summary": {...}, ...}``; the summaries of the first four have the same keys, the
+storm's its own (it sends no messages). A storm with failed connections also carries ``error``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench.drive import Drive, Meter
+from bench.drive import Drive, Meter, limit_label
 from bench.loadgen import LoadGen, Member
 from bench.systems import System
 
@@ -40,6 +44,9 @@ class Sizes:
     bots: int
     bot_rates: tuple[float, ...]  # requests/s over all bots, one step each on the same topology
     bot_seconds: float
+    storm_connections: int
+    storm_concurrency: int  # handshakes in flight per load-generator process: enough that the servers set the pace
+    storm_seconds: float  # a connection not joined by then fails
     drain_idle: float
     padding: int = 24  # filler after the ~40-character marker: texts of a typical chat line's length
 
@@ -57,6 +64,9 @@ FULL = Sizes(
     bots=50,
     bot_rates=(50, 100, 200),
     bot_seconds=10.0,
+    storm_connections=10_000,
+    storm_concurrency=500,
+    storm_seconds=120.0,
     drain_idle=2.0,
 )
 QUICK = Sizes(
@@ -72,6 +82,9 @@ QUICK = Sizes(
     bots=5,
     bot_rates=(10,),
     bot_seconds=2.0,
+    storm_connections=1000,
+    storm_concurrency=500,
+    storm_seconds=30.0,
     drain_idle=2.0,
 )
 
@@ -193,8 +206,50 @@ async def bot(system: System, drive: Drive, sizes: Sizes) -> dict[str, Any]:
     return {"summary": summary, "setup": setup, "steps": steps}
 
 
+# The storm's figures that make its summary; the rest (CPU % of each part, error kinds) stay in its "storm" record.
+STORM_KEYS = (
+    "connections",
+    "joined",
+    "errors",
+    "dropped",
+    "connections_per_s",
+    "server_cpu_us_per_conn",
+    "redis_cpu_us_per_conn",
+    "join_p50_ms",
+    "join_p99_ms",
+    "join_max_ms",
+    "rss_per_conn_kb",
+    "listen_overflows",
+    "loadgen_cpu_pct_max",
+    "other_cpu_pct",
+)
+
+
+async def storm(system: System, drive: Drive, sizes: Sizes) -> dict[str, Any]:
+    """Every connection at once, as after a node died; failed joins are counted and make the scenario fail."""
+    pairs = [[user(2 * r), user(2 * r + 1)] for r in range(sizes.storm_connections // 2)]
+    ports = drive.topology.ports
+    started = time.monotonic()
+    ids = await system.make_rooms(ports[0], pairs)
+    since = await system.resume_points(ports[0], ids)
+    setup = {"rooms": len(ids), "rooms_seconds": round(time.monotonic() - started, 2)}
+    members = [Member(i, system.url(ports[i % 2], user(i)), ids[i // 2], since[i // 2]) for i in range(2 * len(pairs))]
+    figures = await drive.storm(members, sizes.storm_concurrency, sizes.storm_seconds)
+    summary = {key: figures[key] for key in STORM_KEYS}
+    summary["nearest_limit"] = limit_label(figures["limits"])
+    result: dict[str, Any] = {"summary": summary, "setup": setup, "storm": figures}
+    if figures["errors"] or figures["dropped"]:
+        # Reported as a failure of the scenario (the run exits 1), with every figure kept.
+        result["error"] = (
+            f"{figures['errors']} of {figures['connections']} connections failed to join "
+            f"({', '.join(f'{k} {n}' for k, n in figures['error_kinds'].items()) or 'none'}) and "
+            f"{figures['dropped']} were closed after joining; e.g. {figures['error_samples'][:2]}"
+        )
+    return result
+
+
 Scenario = Callable[[System, Drive, Sizes], Awaitable[dict[str, Any]]]
-SCENARIOS: dict[str, Scenario] = {"fanout": fanout, "idle": idle, "rooms": rooms, "bot": bot}
+SCENARIOS: dict[str, Scenario] = {"fanout": fanout, "idle": idle, "rooms": rooms, "bot": bot, "storm": storm}
 WORKERS = {"bot": 2}  # bot workers each scenario needs (systems with bots only)
 
 

@@ -64,6 +64,10 @@ class System:
         """Make rooms with the given users allowed in; return their ids."""
         return [f"room-{i}" for i in range(len(rooms))]
 
+    async def resume_points(self, port: int, rooms: list[str]) -> list[str | None]:
+        """Per room, the message id a reconnecting client of it resumes after; None where a join has no position."""
+        return [None] * len(rooms)
+
     @contextmanager
     def running(self, nodes: int = 2, workers: int = 0) -> Iterator[Topology]:
         """Start Redis, ``nodes`` server nodes and ``workers`` workers; stop them all on exit."""
@@ -124,6 +128,11 @@ class Ours(System):
 
     async def make_rooms(self, port: int, rooms: list[list[str]]) -> list[str]:
         return await ours.make_rooms(f"http://127.0.0.1:{port}", rooms)
+
+    async def resume_points(self, port: int, rooms: list[str]) -> list[str | None]:
+        # One message in each room beforehand: the client held it and joins with ``since`` set to its id.
+        ids: list[str | None] = [*await ours.post_messages(f"http://127.0.0.1:{port}", rooms)]
+        return ids
 
     async def make_bot_rooms(self, port: int, users: list[str]) -> list[str]:
         return await ours.make_bot_rooms(f"http://127.0.0.1:{port}", users)

@@ -32,7 +32,8 @@ class Wire:
         """True once the connection may join rooms."""
         return True
 
-    def join_frame(self, room: str, ref: int) -> str:
+    def join_frame(self, room: str, ref: int, since: str | None = None) -> str:
+        """The join of ``room``; ``since`` is ignored by dialects that cannot resume from a position."""
         return orjson.dumps({"type": "join", "room": room, "ref": ref}).decode()
 
     def joined(self, data: str, room: str, ref: int) -> bool:
@@ -40,7 +41,7 @@ class Wire:
         frame = orjson.loads(data)
         if frame.get("type") == "error":
             raise WireError(f"join {room}: {frame.get('code')} {frame.get('message')}")
-        return frame.get("type") == "joined" and frame.get("room") == room
+        return bool(frame.get("type") == "joined" and frame.get("room") == room)
 
     def message_frame(self, room: str, text: str) -> str:
         return orjson.dumps({"type": "message", "room": room, "text": text}).decode()
@@ -70,6 +71,12 @@ class OursWire(Wire):
 
     def ready(self) -> bool:
         return self.welcomed
+
+    def join_frame(self, room: str, ref: int, since: str | None = None) -> str:
+        frame: dict[str, object] = {"type": "join", "room": room, "ref": ref}
+        if since is not None:
+            frame["since"] = since  # resume after the last message the client holds, as after a reconnect
+        return orjson.dumps(frame).decode()
 
     def decode(self, data: str) -> tuple[int, str] | None:
         frame = orjson.loads(data)
@@ -102,7 +109,7 @@ class SocketIOWire(Wire):
     def ready(self) -> bool:
         return self.connected
 
-    def join_frame(self, room: str, ref: int) -> str:
+    def join_frame(self, room: str, ref: int, since: str | None = None) -> str:
         return f"42{ref}" + orjson.dumps(["join", room]).decode()
 
     def joined(self, data: str, room: str, ref: int) -> bool:
