@@ -1237,7 +1237,7 @@ var ChatStore = class {
   #keys = 0;
   constructor(client) {
     this.client = client;
-    this.#connection = Object.freeze({ state: client.state, user: client.user, reason: client.closeReason });
+    this.#connection = Object.freeze({ state: client.state, user: this.#user(), reason: client.closeReason });
     const on = client.on.bind(client);
     this.#off = [
       on("state", ({ state, reason }) => this.#onState(state, reason)),
@@ -1403,8 +1403,13 @@ var ChatStore = class {
     this.#typingTimers.clear();
     this.#listeners.clear();
   }
+  // The server's word once welcomed; before that (or in the HTTP fallback) the token's subject.
+  #user() {
+    const sub = decodeJwtPayload(this.client.token)?.["sub"];
+    return this.client.user ?? (typeof sub === "string" ? sub : null);
+  }
   #onState(state, reason) {
-    this.#setConnection({ state, reason });
+    this.#setConnection({ state, reason, user: this.#user() });
     if (state === "open") return;
     for (const room of this.#rooms.keys()) this.#update(room, (v) => v.typing.length ? { typing: [] } : {});
   }

@@ -45,7 +45,7 @@ async function buildExample() {
     platform: "browser",
     target: "es2022",
     jsx: "automatic",
-    minify: true,
+    minify: process.env.EXAMPLE_MINIFY !== "0",
     sourcemap: true,
     define: { "process.env.NODE_ENV": '"production"' },
     logLevel: "warning",

@@ -10,6 +10,7 @@ import type { BotCommandResult, ChatClient } from "./client.js";
 import type { ChatError } from "./errors.js";
 import type { CloseReason, ConnectionState } from "./events.js";
 import type { BotInfo, MessageFrame, ProgressState, Sender, Stored } from "./frames.js";
+import { decodeJwtPayload } from "./util.js";
 
 /** A message handed to send() that is not in the room's history yet. */
 export interface PendingMessage {
@@ -110,7 +111,7 @@ export class ChatStore {
 
   constructor(client: ChatClient) {
     this.client = client;
-    this.#connection = Object.freeze({ state: client.state, user: client.user, reason: client.closeReason });
+    this.#connection = Object.freeze({ state: client.state, user: this.#user(), reason: client.closeReason });
     const on = client.on.bind(client);
     this.#off = [
       on("state", ({ state, reason }) => this.#onState(state, reason)),
@@ -290,8 +291,14 @@ export class ChatStore {
     this.#listeners.clear();
   }
 
+  // The server's word once welcomed; before that (or in the HTTP fallback) the token's subject.
+  #user(): string | null {
+    const sub = decodeJwtPayload(this.client.token)?.["sub"];
+    return this.client.user ?? (typeof sub === "string" ? sub : null);
+  }
+
   #onState(state: ConnectionState, reason: CloseReason | null): void {
-    this.#setConnection({ state, reason });
+    this.#setConnection({ state, reason, user: this.#user() });
     if (state === "open") return;
     // Typing and presence are live only: what was shown is stale once the socket is gone.
     for (const room of this.#rooms.keys()) this.#update(room, (v) => (v.typing.length ? { typing: [] } : {}));
