@@ -12,13 +12,14 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.appkeys import NODE
-from gateway.bots import change_bot_state
+from gateway.bots import cancel_reply, change_bot_state
 from gateway.handshake import authenticate, json_error
 from gateway.node import Node
 from gateway.principal import Principal
 from gateway.session import user_ref
 from shared import kinds, protocol
 from shared.broker import BrokerUnavailable, InboxFull
+from shared.broker.base import ClientId
 from shared.control import Evict, Revoke
 from shared.errors import ChatError, ErrorCode
 from shared.models import MAX_BOT_NAME, Bot
@@ -192,9 +193,12 @@ async def post_message(request: web.Request) -> web.Response:
         raise ChatError(ErrorCode.BAD_REQUEST, "text must be a non-empty string")
     if len(text) > node.settings.max_text_length:
         raise ChatError(ErrorCode.TOO_LARGE, f"text is longer than {node.settings.max_text_length} characters")
-    tail = protocol.message_tail(bot.id, user_ref(request[PRINCIPAL]), text)
+    principal = request[PRINCIPAL]
+    client_id = protocol.validate_client_id(body.get("client_id"))
+    tail = protocol.message_tail(bot.id, user_ref(principal), text, client_id=client_id)
+    sent = ClientId(principal.user, client_id) if client_id is not None else None
     try:
-        appended = await node.broker.history.append(bot.id, tail, request=True)
+        appended = await node.broker.history.append(bot.id, tail, request=True, client_id=sent)
     except InboxFull:
         raise ChatError(ErrorCode.RATE_LIMITED, "the bot has too many messages waiting; try later") from None
     node.metrics.messages_published.inc()
@@ -202,6 +206,25 @@ async def post_message(request: web.Request) -> web.Response:
     if appended.queued:
         answer["queued"] = True
     return ok(answer, 202)
+
+
+@routes.post("/api/bots/{bot}/messages/{message}/cancel")
+async def cancel_message(request: web.Request) -> web.Response:
+    """Stop the bot's reply to a message: for its sender, the bot's owner and admins."""
+    node: Node = request.app[NODE]
+    bot, principal = await _bot(request), request[PRINCIPAL]
+    message_id = request.match_info["message"]
+    if not protocol.MESSAGE_ID.match(message_id):
+        raise ChatError(ErrorCode.NOT_FOUND, "no such message")
+    info = await node.broker.replies.request(bot.id, message_id)
+    if info.sender is None:
+        raise ChatError(ErrorCode.NOT_FOUND, f"no message {message_id!r} for the bot")
+    if not bot.may_cancel(principal.user, is_admin=principal.is_admin, sender=info.sender):
+        raise ChatError(ErrorCode.FORBIDDEN, "only the sender, the bot's owner or an admin may stop this reply")
+    if info.answered or info.cancelled:
+        raise ChatError(ErrorCode.CONFLICT, "the reply already ended")
+    await cancel_reply(node.broker, bot.id, message_id)
+    return ok({"room": bot.id, "message": message_id}, 202)
 
 
 @routes.get("/api/bots/{bot}/messages")

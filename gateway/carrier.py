@@ -16,13 +16,13 @@ from gateway import effects as fx
 from gateway import events as ev
 from gateway.announcer import Announcer
 from gateway.auth import TokenVerifier
-from gateway.bots import change_bot_state
+from gateway.bots import cancel_reply, change_bot_state
 from gateway.handshake import verify_unrevoked
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from gateway.principal import AuthError
 from shared.broker import Broker
-from shared.broker.base import BrokerUnavailable, InboxFull
+from shared.broker.base import BrokerUnavailable, ClientId, InboxFull, RequestInfo
 from shared.errors import ChatError, ErrorCode
 from shared.settings import Settings
 
@@ -30,6 +30,14 @@ if TYPE_CHECKING:
     from gateway.connection import Connection
 
 log = logging.getLogger(__name__)
+
+
+def request_state(info: RequestInfo) -> ev.RequestState:
+    if info.sender is None:
+        return ev.RequestState.UNKNOWN
+    if info.answered or info.cancelled:
+        return ev.RequestState.ENDED
+    return ev.RequestState.RUNNING if info.streaming else ev.RequestState.WAITING
 
 
 class Carrier:
@@ -83,9 +91,16 @@ class Carrier:
     async def _run(self, connection: Connection, effect: fx.Effect) -> ev.Event | None:
         broker, user = self._broker, connection.user
         match effect:
-            case fx.Append(room=room, tail=tail):
-                appended = await broker.history.append(room, tail, request=True)
+            case fx.Append(room=room, tail=tail, client_id=client_id):
+                sent = ClientId(user, client_id) if client_id is not None else None
+                appended = await broker.history.append(room, tail, request=True, client_id=sent)
                 return ev.Stored(effect, appended.id, appended.ts, appended.queued)
+            case fx.LookUpRequest(room=room, message=message):
+                bot, info = await asyncio.gather(broker.registry.get(room), broker.replies.request(room, message))
+                return ev.RequestFound(effect, bot, info.sender, request_state(info))
+            case fx.CancelReply(room=room, message=message):
+                await cancel_reply(broker, room, message)
+                return ev.Cancelled(effect)
             case fx.SetTyping(room=room, state=state):
                 await self._announcer.typing_changed(room, user, state)
             case fx.Announce(room=room, frame=frame):

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 
 from gateway.effects import Append, CancelReply, ChangeBot, CheckToken, Effect, LookUpBot, LookUpRequest, OpenRoom
 from shared.errors import ChatError
-from shared.models import Bot
-from shared.packets import StreamPosition
+from shared.models import Bot, ReplyInFlight
 
 if TYPE_CHECKING:
     from gateway.principal import Principal
@@ -67,14 +66,6 @@ class BotFound:
     request: LookUpBot
     bot: Bot | None
     members: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class ReplyInFlight:
-    """A bot reply being streamed: its text through ``position``."""
-
-    position: StreamPosition
-    text: str
 
 
 @dataclass(frozen=True, slots=True)

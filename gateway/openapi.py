@@ -24,6 +24,7 @@ OPENAPI_VERSION = "3.1.0"
 MAX_MEMBER_NAME = 128  # gateway.api checks user ids in paths to this length
 ROOM_ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 MESSAGE_ID_PATTERN = r"^[0-9]{1,15}-[0-9]{1,10}$"
+CLIENT_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,64}$"
 NOT_BLANK = r"\S"  # at least one character that is not white space
 PRINTABLE = r"^[^\x00-\x1f]+$"
 
@@ -92,6 +93,8 @@ _MESSAGE = {
         "from": _ref("schemas", "Sender"),
         "text": {"type": "string"},
         "reply_to": {"type": "string", "description": "the user message a bot's reply answers"},
+        "client_id": {"type": "string", "description": "the sender's own id of the message"},
+        "state": {"const": "cancelled", "description": "a bot reply stopped before it was complete"},
     },
 }
 
@@ -124,7 +127,38 @@ _WEBHOOK_CONFIG = {
         "headers": {"type": "object", "additionalProperties": {"type": "string"}},
     },
 }
-_KIND_CONFIGS = {"echo": _ECHO_CONFIG, "webhook": _WEBHOOK_CONFIG}
+_PORT = r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?"
+_OPENAI_CONFIG = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["base_url", "model"],
+    "properties": {
+        "base_url": {
+            "type": "string",
+            "maxLength": 2048,
+            "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9\-._~%]+" + _PORT + r'(/[!-"$->@-~]*)?$',
+            "description": "the API's base URL, such as https://api.openai.com/v1; no credentials, query or fragment",
+        },
+        "model": {
+            "type": "string",
+            "maxLength": 256,
+            "minLength": 1,
+            "pattern": r"^[^\x00-\x1f\x7f]+$",
+        },
+        "system_prompt": {"type": "string", "maxLength": 32000},
+        "api_key_env": {
+            "type": "string",
+            "pattern": "^(?!CHAT_)[A-Z_][A-Z0-9_]{0,127}$",
+            "description": "the name of the workers' environment variable holding the key, never the key",
+        },
+        "history": {"type": "integer", "minimum": 0, "maximum": 100, "description": "earlier messages sent as context"},
+        "timeout": {"type": "number", "minimum": 0.1, "maximum": 600, "description": "seconds without a byte"},
+        "connect_timeout": {"type": "number", "minimum": 0.1, "maximum": 60, "description": "seconds"},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "max_tokens": {"type": "integer", "minimum": 1, "maximum": 1000000},
+    },
+}
+_KIND_CONFIGS = {"echo": _ECHO_CONFIG, "openai": _OPENAI_CONFIG, "webhook": _WEBHOOK_CONFIG}
 
 
 def _new_bot(kind: str) -> dict[str, Any]:
@@ -281,7 +315,13 @@ def _api_paths(max_text_length: int) -> dict[str, Any]:
                                         "maxLength": max_text_length,
                                         "pattern": NOT_BLANK,
                                         "description": "longer than the limit is 413",
-                                    }
+                                    },
+                                    "client_id": {
+                                        "type": "string",
+                                        "pattern": CLIENT_ID_PATTERN,
+                                        "description": "the client's own id: a resend with it within the "
+                                        "client-id window is answered with the first message's id and stores nothing",
+                                    },
                                 },
                             }
                         }
@@ -322,6 +362,35 @@ def _api_paths(max_text_length: int) -> dict[str, Any]:
                         "schema": {"type": "integer", "minimum": 1, "maximum": HISTORY_LIMIT, "default": 50},
                     },
                 ],
+            ),
+        },
+        "/api/bots/{bot}/messages/{message}/cancel": {
+            "parameters": [
+                _BOT_PARAMETER,
+                {
+                    "name": "message",
+                    "in": "path",
+                    "required": True,
+                    "description": "the id of the user message whose reply to stop",
+                    "schema": {"type": "string", "pattern": MESSAGE_ID_PATTERN},
+                },
+            ],
+            "post": _operation(
+                "cancelReply",
+                "Stop the bot's reply to a message (its sender, the bot's owner or an admin); "
+                "the reply ends cancelled with the text written so far",
+                {
+                    "202": _json(
+                        {
+                            "type": "object",
+                            "required": ["room", "message"],
+                            "properties": {"room": {"type": "string"}, "message": {"type": "string"}},
+                        },
+                        "the workers were told",
+                    ),
+                    "409": _error("the reply already ended", ErrorCode.CONFLICT),
+                    **_BOT_ACCESS,
+                },
             ),
         },
         "/api/admin/revoke/{user}": {

@@ -10,9 +10,9 @@ snapshot, is dropped; everything newer goes out.
 from __future__ import annotations
 
 from gateway import effects as fx
-from gateway.events import ReplyInFlight
 from shared import protocol
 from shared import server_frames as sf
+from shared.models import ReplyInFlight
 from shared.packets import StreamPosition
 
 # a live event that arrived during a join: (message id or "", a delta's position or None, framed bytes)

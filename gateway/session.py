@@ -267,7 +267,7 @@ class Session:
         request, bot, principal = found.request, found.bot, self.principal
         if bot is None or found.state is ev.RequestState.UNKNOWN:
             return [self._error(ErrorCode.NOT_FOUND, f"no message {request.message!r} for the bot", request.ref)]
-        if found.sender != principal.user and not bot.may_manage(principal.user, is_admin=principal.is_admin):
+        if not bot.may_cancel(principal.user, is_admin=principal.is_admin, sender=found.sender):
             message = "only the sender, the bot's owner or an admin may stop this reply"
             return [self._error(ErrorCode.FORBIDDEN, message, request.ref)]
         if found.state is ev.RequestState.ENDED:

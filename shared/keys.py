@@ -51,6 +51,22 @@ class Keys:
         """Marker holding the reply id of a request, so a retried request is answered once."""
         return f"{self.prefix}:{{{bot}}}:replied:{message_id}"
 
+    def stream(self, room: str, reply_to: str) -> str:
+        """Hash of a reply being written: attempt ``a``, last piece ``s``, text so far ``t``."""
+        return f"{self.prefix}:{{{room}}}:stream:{reply_to}"
+
+    def streams(self, room: str) -> str:
+        """Set of the ``reply_to`` ids of the room's replies being written."""
+        return f"{self.prefix}:{{{room}}}:streams"
+
+    def cancel(self, room: str, message_id: str) -> str:
+        """Marker of a cancelled request: ``announce`` (the worker tells the room) or ``announced``."""
+        return f"{self.prefix}:{{{room}}}:cancel:{message_id}"
+
+    def sent(self, room: str, user: str, client_id: str) -> str:
+        """Marker holding the id of the message a user sent with ``client_id`` (which never holds a '/')."""
+        return f"{self.prefix}:{{{room}}}:sent:{client_id}/{user}"
+
     def lease(self, bot: str) -> str:
         """The worker that serves the bot now; expires when that worker dies."""
         return f"{self.prefix}:{{{bot}}}:lease"

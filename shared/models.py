@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from shared import server_frames
+from shared.packets import StreamPosition
 
 BUILTIN_KINDS = ("echo", "openai", "webhook")
 MAX_BOT_NAME = 64
@@ -80,3 +81,15 @@ class Bot:
     def may_manage(self, user: str, *, is_admin: bool) -> bool:
         """Owner and admins may start, stop, share and delete."""
         return is_admin or user == self.owner
+
+    def may_cancel(self, user: str, *, is_admin: bool, sender: str | None) -> bool:
+        """The sender of a request, the owner and admins may stop the bot's reply to it."""
+        return user == sender or self.may_manage(user, is_admin=is_admin)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyInFlight:
+    """A bot reply being streamed, as it stands: its text through ``position``."""
+
+    position: StreamPosition
+    text: str

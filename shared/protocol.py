@@ -274,6 +274,18 @@ def message_tail(
     return orjson.dumps(body)[1:]
 
 
+def user_sender(tail: bytes) -> str | None:
+    """The user who sent a stored message (its tail, see :func:`message_tail`); None for a bot's."""
+    try:
+        body = orjson.loads(b"{" + tail)
+    except orjson.JSONDecodeError:
+        return None
+    sender = body.get("from") if isinstance(body, dict) else None
+    if isinstance(sender, dict) and sender.get("kind") == "user" and isinstance(sender.get("id"), str):
+        return str(sender["id"])
+    return None
+
+
 def message_ts(message_id: str) -> int:
     """Unix milliseconds of a message, read from its id."""
     return int(message_id.partition("-")[0])

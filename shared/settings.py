@@ -293,13 +293,13 @@ class Settings:
             1,
         ),
     )
-    stream_max_chars: int = _opt(
-        100_000,
+    stream_max_bytes: int = _opt(
+        262_144,
         Option(
-            "--stream-max-chars",
-            "CHAT_STREAM_MAX_CHARS",
+            "--stream-max-bytes",
+            "CHAT_STREAM_MAX_BYTES",
             int,
-            "longest text so far kept for a reply in progress (late joiners get it)",
+            "most UTF-8 bytes of text kept for a reply in progress (late joiners get it)",
             "worker",
             1,
         ),

@@ -20,6 +20,8 @@ from shared.broker.base import (
     InboxFull,
     Presence,
     PresenceChange,
+    Replies,
+    RequestInfo,
     Revocations,
 )
 from shared.broker.queue import BotLeases, BotQueue, WorkerRoster
@@ -36,6 +38,8 @@ __all__ = [
     "InboxFull",
     "Presence",
     "PresenceChange",
+    "Replies",
+    "RequestInfo",
     "make_broker",
 ]
 
@@ -53,6 +57,7 @@ class Broker:
     queue: BotQueue  # the bots' inboxes
     leases: BotLeases  # which worker serves which bot
     workers: WorkerRoster  # live workers, and the "bots changed" notice
+    replies: Replies  # bot replies while they are written, and cancels
     ping: Callable[[], Awaitable[None]]
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     store: Any = None  # the MemoryStore, for nodes sharing one process
@@ -80,6 +85,7 @@ def _memory_broker(settings: Settings, store: Any) -> Broker:
         MemoryStore,
     )
     from shared.broker.memory_queue import MemoryBotQueue
+    from shared.broker.memory_streams import MemoryReplies
     from shared.broker.memory_workers import MemoryBotLeases, MemoryWorkerRoster
 
     store = store or MemoryStore(settings)
@@ -106,6 +112,7 @@ def _memory_broker(settings: Settings, store: Any) -> Broker:
         queue=queue,
         leases=MemoryBotLeases(store),
         workers=workers,
+        replies=MemoryReplies(store),
         ping=ping,
         closers=[close],
         store=store,
@@ -116,6 +123,7 @@ def _redis_broker(settings: Settings) -> Broker:
     from shared.broker.redis import RedisBotRegistry, RedisFanOut, RedisHistory, RedisPresence, RedisRevocations
     from shared.broker.redis_link import LINK_ERRORS, CommandPipe
     from shared.broker.redis_queue import RedisBotQueue
+    from shared.broker.redis_streams import RedisReplies
     from shared.broker.redis_topology import open_topology
     from shared.broker.redis_workers import RedisBotLeases, RedisWorkerRoster
     from shared.keys import Keys
@@ -144,6 +152,7 @@ def _redis_broker(settings: Settings) -> Broker:
         queue=queue,
         leases=RedisBotLeases(pipe, keys),
         workers=workers,
+        replies=RedisReplies(topology, pipe, keys, settings, workers),
         ping=ping,
         closers=[topology.close, pipe.close, fanout.close, queue.close, workers.close],
         pipe=pipe,

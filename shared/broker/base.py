@@ -12,7 +12,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
-from shared.models import Bot, BotStatus
+from shared.models import Bot, BotStatus, ReplyInFlight
+from shared.packets import StreamPosition
 
 EventHandler = Callable[[str, bytes], None]
 """Called with (room, packet) for every event of a subscribed room; must not block.
@@ -37,6 +38,24 @@ class Appended:
     ts: int
     duplicate: bool = False  # an earlier append with the same reply_to exists; nothing was published
     queued: bool = False  # the request waits because the bot is not running
+
+
+@dataclass(frozen=True, slots=True)
+class ClientId:
+    """A user's own id of a message they send: a resend with it is not stored again."""
+
+    user: str
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """A user message as a request to the room's bot."""
+
+    sender: str | None  # the user who sent it; None when there is no such user message
+    answered: bool  # a reply is stored, or it was cancelled or failed for good
+    streaming: bool  # a reply to it is being written now
+    cancelled: bool  # a cancel was asked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +95,23 @@ class FanOut(Protocol):
 class History(Protocol):
     """Per-room message history; an append is stored and published in one step."""
 
-    async def append(self, room: str, tail: bytes, *, request: bool = False, reply_to: str | None = None) -> Appended:
+    async def append(
+        self,
+        room: str,
+        tail: bytes,
+        *,
+        request: bool = False,
+        reply_to: str | None = None,
+        client_id: ClientId | None = None,
+    ) -> Appended:
         """Store a message (``tail`` from :func:`shared.protocol.message_tail`) and publish it.
 
         ``request=True`` also queues it in the bot's inbox and, when the bot is not running,
         returns queued=True and marks the published frame ``"queued": true`` (one frame, not a
         second ``status`` frame to every member). ``reply_to`` makes the append idempotent per request: a
-        second reply to the same message returns the first one with ``duplicate=True``.
+        second reply to the same message returns the first one with ``duplicate=True``, and the
+        reply's stream (see :class:`Replies`) ends with it. ``client_id`` (the sender and the id
+        the sender's client gave) does the same for a user's message within the client-id window.
         Raises InboxFull, storing nothing, when ``request`` and the bot's inbox is full.
         """
 
@@ -148,3 +177,38 @@ class Revocations(Protocol):
         """Refuse ``user``'s tokens issued before ``at`` (unix seconds) for ``ttl`` seconds."""
 
     async def revoked_at(self, user: str) -> float | None: ...
+
+
+class Replies(Protocol):
+    """Bot replies while they are written, and cancels of them.
+
+    A reply in progress is kept (bounded, expiring) with its text so far and its position, so a
+    client that joins mid-reply gets the text so far and then the live deltas after it. The
+    final append with ``reply_to`` ends it in the same step that stores the reply.
+    """
+
+    async def push(self, room: str, position: StreamPosition, piece: str, packet: bytes) -> bool:
+        """Add ``piece`` at ``position`` and publish ``packet`` to the room, in one step.
+
+        A position of a later attempt than the one kept starts the reply again (``seq`` 0 and an
+        empty piece announce that). Returns False, doing nothing, when a later attempt owns it.
+        """
+
+    async def in_flight(self, room: str) -> list[ReplyInFlight]:
+        """Every reply being written in the room, as it stands now."""
+
+    async def clear(self, room: str, reply_to: str) -> None:
+        """Forget a reply in progress that ends without a stored message (failed, cancelled early)."""
+
+    async def request(self, room: str, message_id: str) -> RequestInfo:
+        """Who sent ``message_id`` and where its reply is."""
+
+    async def cancel(self, room: str, message_id: str, *, announced: bool) -> None:
+        """Mark the request cancelled and tell every worker; ``announced``: the room was told already."""
+
+    async def cancel_mark(self, room: str, message_id: str) -> str | None:
+        """``"announce"`` when the request was cancelled and the room not yet told, ``"announced"``
+        when it was, None when it was not cancelled."""
+
+    def on_cancel(self, handler: Callable[[str, str], None]) -> None:
+        """Call ``handler(room, message_id)`` in this process for every cancel asked anywhere."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from shared import packets, protocol
-from shared.broker.base import Appended, EventHandler, HistoryPage, InboxFull, PresenceChange
+from shared.broker.base import Appended, ClientId, EventHandler, HistoryPage, InboxFull, PresenceChange
 from shared.logs import Throttled
 from shared.models import Bot, BotStatus
 from shared.settings import Settings
@@ -23,6 +23,7 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 WANTED_RUNNING = (BotStatus.STARTING, BotStatus.RUNNING)
+SENT_SWEEP_SIZE = 10_000
 
 
 def now_ms() -> int:
@@ -56,6 +57,11 @@ class MemoryStore:
         self.fanouts: list[MemoryFanOut] = []
         self.streams: dict[str, MemoryStream] = defaultdict(MemoryStream)
         self.replied: dict[tuple[str, str], str] = {}
+        self.sent: dict[tuple[str, str, str], tuple[str, float]] = {}  # (room, user, client id) -> (id, expiry)
+        # (room, reply_to) -> (attempt, seq, text, monotonic expiry) of replies being written
+        self.replies_in_flight: dict[tuple[str, str], tuple[int, int, str, float]] = {}
+        self.cancelled: dict[tuple[str, str], tuple[str, float]] = {}  # (room, request) -> (mark, expiry)
+        self.cancel_handlers: list[Callable[[str, str], None]] = []
         self.bots: dict[str, Bot] = {}
         self.members: dict[str, set[str]] = defaultdict(set)
         self.presence: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
@@ -126,10 +132,24 @@ class MemoryHistory:
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
 
-    async def append(self, room: str, tail: bytes, *, request: bool = False, reply_to: str | None = None) -> Appended:
-        if reply_to is not None and (room, reply_to) in self.store.replied:
-            first = self.store.replied[(room, reply_to)]
+    async def append(
+        self,
+        room: str,
+        tail: bytes,
+        *,
+        request: bool = False,
+        reply_to: str | None = None,
+        client_id: ClientId | None = None,
+    ) -> Appended:
+        store = self.store
+        if reply_to is not None and (room, reply_to) in store.replied:
+            first = store.replied[(room, reply_to)]
             return Appended(first, protocol.message_ts(first), duplicate=True)
+        sent_key = (room, client_id.user, client_id.id) if client_id is not None else None
+        if sent_key is not None:
+            sent = store.sent.get(sent_key)
+            if sent is not None and sent[1] > time.monotonic():
+                return Appended(sent[0], protocol.message_ts(sent[0]), duplicate=True)
         if request and len(self.store.inbox(room).entries) >= self.store.settings.inbox_max:
             raise InboxFull(room)
         stream = self.store.history(room)
@@ -138,6 +158,12 @@ class MemoryHistory:
         frame = protocol.compose_message(message_id, tail)
         if reply_to is not None:
             self.store.replied[(room, reply_to)] = message_id
+            self.store.replies_in_flight.pop((room, reply_to), None)  # its text is this message now
+        if sent_key is not None:
+            now = time.monotonic()
+            if len(store.sent) >= SENT_SWEEP_SIZE:  # forget the expired ones now and then, as Redis does
+                store.sent = {key: value for key, value in store.sent.items() if value[1] > now}
+            store.sent[sent_key] = (message_id, now + store.settings.client_id_window)
         bot = self.store.bots.get(room)
         queued = request and (bot is None or bot.status is not BotStatus.RUNNING)
         live = protocol.compose_message(message_id, tail, queued=True) if queued else frame

@@ -10,7 +10,15 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from shared import packets, protocol
-from shared.broker.base import Appended, BrokerUnavailable, EventHandler, HistoryPage, InboxFull, PresenceChange
+from shared.broker.base import (
+    Appended,
+    BrokerUnavailable,
+    ClientId,
+    EventHandler,
+    HistoryPage,
+    InboxFull,
+    PresenceChange,
+)
 from shared.broker.redis_link import CommandPipe, Script
 from shared.broker.redis_replies import fields as _fields
 from shared.broker.redis_replies import text as _text
@@ -95,9 +103,21 @@ class RedisHistory:
         self.publish_command = topology.publish_command  # the fan-out's: the appended message goes out as its events do
         self.inbox_notices = topology.inbox_notices  # a queued request is announced to readers on a cluster
 
-    async def append(self, room: str, tail: bytes, *, request: bool = False, reply_to: str | None = None) -> Appended:
+    async def append(
+        self,
+        room: str,
+        tail: bytes,
+        *,
+        request: bool = False,
+        reply_to: str | None = None,
+        client_id: ClientId | None = None,
+    ) -> Appended:
         k = self.keys
-        keys = [k.history(room), k.inbox(room), k.bot(room), k.replied(room, reply_to or "-")]
+        if client_id is not None:
+            marker, marker_ttl = k.sent(room, client_id.user, client_id.id), math.ceil(self.settings.client_id_window)
+        else:
+            marker, marker_ttl = k.replied(room, reply_to or "-"), REPLIED_TTL
+        keys = [k.history(room), k.inbox(room), k.bot(room), marker, k.stream(room, reply_to or "-"), k.streams(room)]
         args = [
             k.channel(room),
             tail,
@@ -107,11 +127,12 @@ class RedisHistory:
             self.settings.history_max,
             int(self.settings.history_max_age * 1000),
             "1" if request else "0",
-            reply_to or "",
-            REPLIED_TTL,
+            "1" if reply_to is not None or client_id is not None else "0",
+            marker_ttl,
             self.publish_command,
             self.settings.inbox_max,
             "1" if self.inbox_notices else "0",
+            reply_to or "",
         ]
         message_id, duplicate, queued = await self.pipe.script(APPEND, keys, args)
         message_id = _text(message_id)

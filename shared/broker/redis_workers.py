@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
@@ -56,6 +58,7 @@ class RedisWorkerRoster(WorkerRoster):
         self.pipe = pipe
         self.keys = keys
         self._control: PubSub | None = None  # subscription to the control channel
+        self._cancel_handlers: list[Callable[[str, str], None]] = []
 
     async def heartbeat(self, worker: str, ttl: float) -> int:
         return int(await self.pipe.script(HEARTBEAT, [self.keys.workers()], [worker, int(ttl * 1000)]))
@@ -71,9 +74,9 @@ class RedisWorkerRoster(WorkerRoster):
                 await self._control.subscribe(self.keys.control_channel())
             while (remaining := deadline - time.monotonic()) > 0:
                 message = await self._control.get_message(timeout=remaining)
-                if message is not None and message["type"] == "message":
-                    while await self._control.get_message(timeout=0) is not None:
-                        pass  # one look at the bots answers every notice queued so far
+                if message is not None and message["type"] == "message" and not self._cancel_notice(message):
+                    while (queued := await self._control.get_message(timeout=0)) is not None:
+                        self._cancel_notice(queued)  # one look at the bots answers every other notice so far
                     return True
         except (RedisError, OSError) as exc:
             log.warning("control channel lost: %s", exc)
@@ -81,6 +84,21 @@ class RedisWorkerRoster(WorkerRoster):
             await asyncio.sleep(max(0.0, min(1.0, deadline - time.monotonic())))  # back off, then rescan
             return True
         return False
+
+    def on_cancel(self, handler: Callable[[str, str], None]) -> None:
+        self._cancel_handlers.append(handler)
+
+    def _cancel_notice(self, message: dict[str, Any]) -> bool:
+        """Hand a cancel notice on the control channel to the handlers; False for any other notice."""
+        room, message_id = parse_cancel_notice(message.get("data"))
+        if not room:
+            return False
+        for handler in self._cancel_handlers:
+            try:
+                handler(room, message_id)
+            except Exception:
+                log.exception("a cancel handler failed")
+        return True
 
     async def notify_bots_changed(self) -> None:
         await self.pipe.execute("PUBLISH", self.keys.control_channel(), "")
@@ -93,3 +111,23 @@ class RedisWorkerRoster(WorkerRoster):
 
     async def close(self) -> None:
         await self._close_control()
+
+
+CANCEL_NOTICE = b"cancel\x1f"  # control-channel notice: "cancel US <room> US <message id>"
+
+
+def cancel_notice(room: str, message_id: str) -> bytes:
+    return b"\x1f".join((CANCEL_NOTICE[:-1], room.encode(), message_id.encode()))
+
+
+def parse_cancel_notice(data: object) -> tuple[str, str]:
+    """(room, message id) of a cancel notice; ("", "") for anything else."""
+    if not isinstance(data, bytes) or not data.startswith(CANCEL_NOTICE):
+        return "", ""
+    parts = data.split(b"\x1f")
+    if len(parts) != 3:
+        return "", ""
+    try:
+        return parts[1].decode(), parts[2].decode()
+    except UnicodeDecodeError:
+        return "", ""

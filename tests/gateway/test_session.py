@@ -17,7 +17,7 @@ from gateway.principal import Principal
 from gateway.session import ABUSE_STRIKES, Session, SessionLimits
 from gateway.wire import text_frame
 from shared.errors import ChatError, CloseCode, ErrorCode
-from shared.models import Bot, BotStatus
+from shared.models import Bot, BotStatus, ReplyInFlight
 from shared.packets import StreamPosition
 
 NOW = 1_800_000_000.0
@@ -357,7 +357,7 @@ def test_a_join_mid_stream_gets_the_snapshot_then_only_the_deltas_after_it() -> 
     session.buffered(ROOM, "", restarted_position, restarted)
     other_position, other = delta_packet(1, reply_to="6-0")  # a reply the snapshot did not have yet
     session.buffered(ROOM, "", other_position, other)
-    snapshot = ev.ReplyInFlight(StreamPosition("4-0", 1, 4), "Hello, wo")
+    snapshot = ReplyInFlight(StreamPosition("4-0", 1, 4), "Hello, wo")
     opened = ev.RoomOpened(request, ["alice"], 1, False, [], "5-0", False, [snapshot])
     effects = session.handle(opened, NOW)
     assert frames(effects)[1] == {

@@ -1,11 +1,15 @@
 -- Store a message in the room's history, publish it, and queue it for the bot: one round trip.
--- KEYS: 1 history stream, 2 bot inbox stream, 3 bot hash, 4 "replied" marker of reply_to
+-- KEYS: 1 history stream, 2 bot inbox stream, 3 bot hash, 4 the message's marker: "replied" of
+--       reply_to, or "sent" of the sender's client id, 5 the hash of reply_to's stream while it is
+--       written, 6 the room's set of such streams
 -- ARGV: 1 channel, 2 frame tail ("room":...}) kept in history,
 --       3 frame template, 4 frame template marked queued ("" unless a request),
 --       5 packet header template, 6 history max length, 7 max age in ms (0 = none),
---       8 "1" to queue for the bot, 9 reply_to ("" = none), 10 marker TTL seconds,
+--       8 "1" to queue for the bot, 9 "1" when the marker applies (a second append with it
+--       stores nothing and returns the first id), 10 marker TTL seconds,
 --       11 publish command (PUBLISH or SPUBLISH), 12 most requests a bot's inbox may hold,
---       13 "1" to tell readers on the inbox's own shard channel that a request is queued
+--       13 "1" to tell readers on the inbox's own shard channel that a request is queued,
+--       14 reply_to ("" = not a reply)
 -- Templates are written in Python (shared/broker/redis.py); each NUL byte in one is a hole that
 -- this script fills with the id or the time the XADD gave, in the order listed there. JSON as
 -- Python writes it never holds a raw NUL byte, so no other byte is taken for a hole.
@@ -25,7 +29,7 @@ end
 if ARGV[8] == '1' and redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[12]) then
   return {'', 0, 0}
 end
-if ARGV[9] ~= '' then
+if ARGV[9] == '1' then
   local first = redis.call('GET', KEYS[4])
   if first then
     return {first, 1, 0}
@@ -53,8 +57,13 @@ if ARGV[8] == '1' and redis.call('HGET', KEYS[3], 'status') ~= 'running' then
 else
   redis.call(ARGV[11], ARGV[1], header .. frame)
 end
-if ARGV[9] ~= '' then
+if ARGV[9] == '1' then
   redis.call('SET', KEYS[4], id, 'EX', ARGV[10])
+end
+if ARGV[14] ~= '' then
+  -- a reply: the text that was being written is this message now, for joiners too
+  redis.call('DEL', KEYS[5])
+  redis.call('SREM', KEYS[6], ARGV[14])
 end
 if ARGV[8] == '1' then
   redis.call('XADD', KEYS[2], '*', 'm', id, 'f', frame)
