@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up and run the test suite from a fresh checkout.
 #   scripts/test.sh          quick tests (skips multi-process, browser, cluster and chaos tests)
-#   scripts/test.sh --all    the whole suite, as CI runs it
+#   scripts/test.sh --all    the whole suite, as CI runs it (with the JS client's npm ci, npm test, tsc)
 # Installs what is missing: Debian packages (as root) and the Python packages of the project.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,7 @@ command -v redis-server >/dev/null || need+=(redis-server)
 if [ $all = 1 ]; then
   command -v nginx >/dev/null || need+=(nginx)
   command -v chromium >/dev/null || need+=(chromium)
+  command -v npm >/dev/null || need+=(nodejs npm)
   command -v promtool >/dev/null || need+=(prometheus)
   command -v docker-compose >/dev/null || need+=(docker-compose)
   command -v shellcheck >/dev/null || need+=(shellcheck)
@@ -36,6 +37,16 @@ ruff check .
 ruff format --check .
 mypy --strict gateway worker shared
 if [ $all = 1 ]; then
+  # The browser client (clients/js): installed from its lock file, built, unit-tested against a
+  # real gateway, type-checked with the example; the built gateway/static/chat-client.js must be
+  # what the sources build to. Done before pytest, whose browser tests build the React example.
+  (
+    cd clients/js
+    npm ci --no-audit --no-fund --loglevel=error
+    npm run --silent check:built
+    npm test
+    npx --no-install tsc --noEmit -p tsconfig.json
+  )
   exec python3 -m pytest -q "$@"
 fi
 exec python3 -m pytest -q -m "not slow" "$@"

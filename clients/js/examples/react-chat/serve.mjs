@@ -1,6 +1,6 @@
 // The example's development server: serves dist/ and passes /api, /ws and /healthz on to a gateway,
 // so the page and the gateway share an origin (no CORS, and the gateway's origin check passes).
-//   node examples/react-chat/serve.mjs [--gateway http://127.0.0.1:8080] [--port 5173]
+//   node examples/react-chat/serve.mjs [--gateway http://127.0.0.1:4000] [--port 5173]
 // Prints "listening on http://127.0.0.1:<port>/" once ready. Plain node, no dependencies.
 import { createServer, request } from "node:http";
 import { connect } from "node:net";
@@ -13,7 +13,7 @@ const option = (name, fallback) => {
   const i = args.indexOf(name);
   return i >= 0 && args[i + 1] ? args[i + 1] : fallback;
 };
-const gateway = new URL(option("--gateway", process.env.GATEWAY_URL ?? "http://127.0.0.1:8080"));
+const gateway = new URL(option("--gateway", process.env.GATEWAY_URL ?? "http://127.0.0.1:4000"));
 const port = Number(option("--port", "5173"));
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), "dist");
 const TYPES = { ".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css", ".map": "application/json" };
