@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import platform
 import signal
@@ -37,6 +38,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of scenarios")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the results files")
     parser.add_argument("--loadgen-procs", type=int, default=2, help="load-generator processes")
+    parser.add_argument(
+        "--storm-concurrency",
+        type=int,
+        help=f"storm handshakes in flight per load-generator process (default {scenarios.FULL.storm_concurrency})",
+    )
     args = parser.parse_args(argv)
     for kind, chosen, known in (("system", args.systems, SYSTEMS), ("scenario", args.scenarios, SCENARIOS)):
         unknown = [name for name in chosen.split(",") if name not in known]
@@ -78,6 +84,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     # SIGTERM cancels the run like Ctrl-C does, so every server and load generator is stopped on the way out.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)  # type: ignore[union-attr]
     sizes = scenarios.QUICK if args.quick else scenarios.FULL
+    if args.storm_concurrency:
+        sizes = dataclasses.replace(sizes, storm_concurrency=args.storm_concurrency)
     scale_sizes = scale.QUICK if args.quick else scale.FULL
     data: dict[str, Any] = {
         "meta": {
