@@ -70,7 +70,13 @@ export function BotChat({ bot }: BotChatProps) {
 
       <ol className="messages" data-testid="messages" aria-live="polite">
         {chat.messages.map((m) => (
-          <Message key={m.id} message={m} own={m.from.kind === "user" && m.from.id === chat.me} progress={chat.progress[m.id]?.state} />
+          <Message
+            key={m.id}
+            message={m}
+            own={m.from.kind === "user" && m.from.id === chat.me}
+            progress={chat.progress[m.id]?.state}
+            detail={chat.progress[m.id]?.detail}
+          />
         ))}
         {chat.replies.map((r) => (
           <Streaming key={r.replyTo} reply={r} name={chat.bot?.name ?? "bot"} />
@@ -118,7 +124,14 @@ export function BotChat({ bot }: BotChatProps) {
   );
 }
 
-function Message({ message, own, progress }: { message: MessageFrame; own: boolean; progress: string | undefined }) {
+interface MessageProps {
+  message: MessageFrame;
+  own: boolean;
+  progress: string | undefined;
+  detail: string | undefined;
+}
+
+function Message({ message, own, progress, detail }: MessageProps) {
   const kind = message.from.kind;
   return (
     <li
@@ -134,8 +147,8 @@ function Message({ message, own, progress }: { message: MessageFrame; own: boole
       </span>
       {message.state === "cancelled" ? <small>stopped</small> : null}
       {own && progress ? (
-        <small className="progress" data-testid="message-progress" data-state={progress}>
-          {progress}
+        <small className="progress" data-testid="message-progress" data-state={progress} title={detail}>
+          {progress === "failed" && detail ? `failed: ${detail}` : progress}
         </small>
       ) : null}
     </li>
