@@ -526,6 +526,10 @@ var HttpApi = class {
   botCommand(bot2, action) {
     return this.call("POST", `/api/bots/${encodeURIComponent(bot2)}/${action}`, {});
   }
+  /** Stop the bot's reply to a user message: 202 {room, message}. */
+  cancel(room, message2) {
+    return this.call("POST", `/api/bots/${encodeURIComponent(room)}/messages/${encodeURIComponent(message2)}/cancel`, {});
+  }
   postMessage(room, text) {
     return this.call("POST", `/api/bots/${encodeURIComponent(room)}/messages`, { text });
   }
@@ -1055,14 +1059,17 @@ var ChatClient = class extends ChatEvents {
     this.#typing.report(room, state);
   }
   /**
-   * Stop the bot's reply to the user message `messageId` (socket only). Resolves with `cancel_ok`;
-   * the reply then ends with `status cancelled`, and the text so far is stored as a cancelled reply.
+   * Stop the bot's reply to the user message `messageId`, over the socket or, when it is down, over
+   * HTTP. Resolves with `cancel_ok`; the reply then ends with `status cancelled`, and the text so far
+   * is stored as a cancelled reply. Rejects with `conflict` when the reply already ended.
    */
   async cancel(room, messageId) {
-    if (!this.#transport.live) throw new ChatError("unavailable", "cancel needs the WebSocket");
-    const reply = await this.#transport.request({ type: "cancel", room, message: messageId });
-    if (reply.type !== "cancel_ok") throw new ChatError("internal", `unexpected answer to cancel: ${reply.type}`);
-    return reply;
+    if (this.#transport.live) {
+      const reply = await this.#transport.request({ type: "cancel", room, message: messageId });
+      if (reply.type === "cancel_ok") return reply;
+    }
+    const answer2 = await this.api.cancel(room, messageId);
+    return { type: "cancel_ok", room: answer2.room, message: answer2.message };
   }
   startBot(bot2) {
     return this.#botCommand(bot2, "start");

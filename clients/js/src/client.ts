@@ -230,14 +230,17 @@ export class ChatClient extends ChatEvents {
   }
 
   /**
-   * Stop the bot's reply to the user message `messageId` (socket only). Resolves with `cancel_ok`;
-   * the reply then ends with `status cancelled`, and the text so far is stored as a cancelled reply.
+   * Stop the bot's reply to the user message `messageId`, over the socket or, when it is down, over
+   * HTTP. Resolves with `cancel_ok`; the reply then ends with `status cancelled`, and the text so far
+   * is stored as a cancelled reply. Rejects with `conflict` when the reply already ended.
    */
   async cancel(room: string, messageId: string): Promise<CancelOkFrame> {
-    if (!this.#transport.live) throw new ChatError("unavailable", "cancel needs the WebSocket");
-    const reply = await this.#transport.request({ type: "cancel", room, message: messageId });
-    if (reply.type !== "cancel_ok") throw new ChatError("internal", `unexpected answer to cancel: ${reply.type}`);
-    return reply;
+    if (this.#transport.live) {
+      const reply = await this.#transport.request({ type: "cancel", room, message: messageId });
+      if (reply.type === "cancel_ok") return reply;
+    }
+    const answer = await this.api.cancel(room, messageId);
+    return { type: "cancel_ok", room: answer.room, message: answer.message };
   }
 
   startBot(bot: string): Promise<BotCommandResult> {

@@ -56,6 +56,11 @@ export class HttpApi {
     return this.call("POST", `/api/bots/${encodeURIComponent(bot)}/${action}`, {});
   }
 
+  /** Stop the bot's reply to a user message: 202 {room, message}. */
+  cancel(room: string, message: string): Promise<{ room: string; message: string }> {
+    return this.call("POST", `/api/bots/${encodeURIComponent(room)}/messages/${encodeURIComponent(message)}/cancel`, {});
+  }
+
   postMessage(room: string, text: string): Promise<Stored> {
     return this.call("POST", `/api/bots/${encodeURIComponent(room)}/messages`, { text });
   }
