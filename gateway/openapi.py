@@ -111,7 +111,15 @@ _NAME = {
 _ECHO_CONFIG = {
     "type": ["object", "null"],
     "additionalProperties": False,
-    "properties": {"delay": {"type": "number", "minimum": 0, "maximum": 600, "description": "seconds"}},
+    "properties": {
+        "delay": {"type": "number", "minimum": 0, "maximum": 600, "description": "seconds"},
+        "pace": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 10,
+            "description": "seconds between the words of a streamed reply; 0 = not streamed",
+        },
+    },
 }
 _WEBHOOK_CONFIG = {
     "type": "object",

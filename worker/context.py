@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -23,6 +23,9 @@ from shared import server_frames as sf
 from shared.broker.base import BrokerUnavailable, FanOut, History
 from shared.broker.queue import Request
 from shared.models import Bot
+
+if TYPE_CHECKING:
+    from worker.streaming import ReplyWriter
 
 log = logging.getLogger(__name__)
 KIND_STATES = ("thinking", "executing")  # the states a kind may report; the worker sends the others
@@ -78,10 +81,6 @@ class RoomEvents:
         frame = sf.TypingEvent(bot.id, bot_sender(bot), state)
         return self.send(bot.id, packets.pack(sf.encode(frame)))
 
-    def delta(self, room: str, reply_to: str, text: str, attempt: int, seq: int) -> asyncio.Task[None]:
-        frame = sf.encode(sf.Delta(room, reply_to, text, attempt, seq))
-        return self.send(room, packets.pack(frame, position=packets.StreamPosition(reply_to, attempt, seq)))
-
     async def flush(self) -> None:
         """Wait until everything started so far is over (the worker stops: the broker closes next)."""
         while self._started:
@@ -103,6 +102,7 @@ class RequestContext:
         events: RoomEvents,
         typing_refresh: float,
         history: History | None = None,
+        writer: ReplyWriter | None = None,
     ) -> None:
         self.bot = bot
         self.config = config
@@ -112,7 +112,9 @@ class RequestContext:
         self.final: str | None = None  # set by reply()
         self._typing: asyncio.TimerHandle | None = None  # the next refresh while typing is on
         self._history = history  # the room's history, read by kinds that answer in context
-        self._seq = 0  # deltas sent in this attempt
+        self.writer = writer  # where the attempt's streamed pieces go (one per attempt)
+        self.cancelled = False  # the sender, the owner or an admin stopped the reply
+        self.announce_cancel = True  # the room is told by this worker (not when the gateway did)
 
     def show_typing(self, state: bool) -> None:
         """Turn typing on or off; the frame is sent in order without waiting for it."""
@@ -139,10 +141,9 @@ class RequestContext:
         await self.events.status(self.bot.id, self.request.message_id, state, detail)
 
     async def delta(self, text: str) -> None:
-        # awaited, unlike the worker's own frames, so a fast stream cannot pile up unsent deltas
-        if text:
-            self._seq += 1
-            await self.events.delta(self.bot.id, self.request.message_id, text, self.request.attempts, self._seq)
+        if self.writer is None:
+            raise RuntimeError("this request does not stream")
+        await self.writer.write(text)
 
     async def reply(self, text: str) -> None:
         if self.final is not None:

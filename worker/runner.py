@@ -26,7 +26,7 @@ import time
 from collections import deque
 from typing import Any
 
-from shared.broker.base import BotRegistry, BrokerUnavailable, FanOut, History
+from shared.broker.base import BotRegistry, BrokerUnavailable, FanOut, History, Replies
 from shared.broker.queue import BotLeases, BotQueue, GroupMissing, Request, WorkerRoster
 from shared.settings import Settings
 from worker.context import RoomEvents
@@ -57,6 +57,7 @@ class Worker:
         queue: BotQueue,
         leases: BotLeases,
         workers: WorkerRoster,
+        replies: Replies,
         consumer: str | None = None,
         catalog: KindCatalog | None = None,
         metrics: WorkerMetrics | None = None,
@@ -71,7 +72,7 @@ class Worker:
         self.stopping = asyncio.Event()
         self.roster = Roster(settings, self.consumer, registry, queue, leases, workers, self.catalog, self._changed)
         self.handler = RequestHandler(
-            settings, self.consumer, history, queue, RoomEvents(fanout), self.metrics, self.stopping
+            settings, self.consumer, history, queue, RoomEvents(fanout), self.metrics, self.stopping, replies
         )
         self._ready_changed = asyncio.Event()  # a bot became ready or a slot freed
         self._bots_changed = asyncio.Event()  # bots came or went: a new one may have requests to reclaim
@@ -94,6 +95,7 @@ class Worker:
             queue=broker.queue,
             leases=broker.leases,
             workers=broker.workers,
+            replies=broker.replies,
             **options,
         )
 

@@ -30,6 +30,10 @@ class InboxFull(Exception):
     """The bot already has as many waiting requests as it may hold; nothing was stored."""
 
 
+class ReplyCancelled(Exception):
+    """The request was cancelled, so its reply was not stored (see ``History.append``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Appended:
     """Result of a history append."""
@@ -103,6 +107,7 @@ class History(Protocol):
         request: bool = False,
         reply_to: str | None = None,
         client_id: ClientId | None = None,
+        cancelled: bool = False,
     ) -> Appended:
         """Store a message (``tail`` from :func:`shared.protocol.message_tail`) and publish it.
 
@@ -112,7 +117,9 @@ class History(Protocol):
         second reply to the same message returns the first one with ``duplicate=True``, and the
         reply's stream (see :class:`Replies`) ends with it. ``client_id`` (the sender and the id
         the sender's client gave) does the same for a user's message within the client-id window.
-        Raises InboxFull, storing nothing, when ``request`` and the bot's inbox is full.
+        Raises InboxFull, storing nothing, when ``request`` and the bot's inbox is full, and
+        ReplyCancelled when ``reply_to`` was cancelled, unless ``cancelled`` says this is the
+        cancelled reply itself (the text written until the cancel).
         """
 
     async def read_after(self, room: str, since: str, limit: int) -> HistoryPage:
@@ -205,6 +212,10 @@ class Replies(Protocol):
 
     async def cancel(self, room: str, message_id: str, *, announced: bool) -> None:
         """Mark the request cancelled and tell every worker; ``announced``: the room was told already."""
+
+    async def start(self, room: str, message_id: str, packet: bytes) -> str | None:
+        """A worker starts on a request: publish ``packet`` (its ``processing`` status) to the room
+        unless the request was cancelled; then return the cancel mark instead, publishing nothing."""
 
     async def cancel_mark(self, room: str, message_id: str) -> str | None:
         """``"announce"`` when the request was cancelled and the room not yet told, ``"announced"``

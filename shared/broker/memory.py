@@ -15,7 +15,15 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from shared import packets, protocol
-from shared.broker.base import Appended, ClientId, EventHandler, HistoryPage, InboxFull, PresenceChange
+from shared.broker.base import (
+    Appended,
+    ClientId,
+    EventHandler,
+    HistoryPage,
+    InboxFull,
+    PresenceChange,
+    ReplyCancelled,
+)
 from shared.logs import Throttled
 from shared.models import Bot, BotStatus
 from shared.settings import Settings
@@ -140,11 +148,16 @@ class MemoryHistory:
         request: bool = False,
         reply_to: str | None = None,
         client_id: ClientId | None = None,
+        cancelled: bool = False,
     ) -> Appended:
         store = self.store
         if reply_to is not None and (room, reply_to) in store.replied:
             first = store.replied[(room, reply_to)]
             return Appended(first, protocol.message_ts(first), duplicate=True)
+        if reply_to is not None and not cancelled:
+            mark = store.cancelled.get((room, reply_to))
+            if mark is not None and mark[1] > time.monotonic():
+                raise ReplyCancelled(reply_to)
         sent_key = (room, client_id.user, client_id.id) if client_id is not None else None
         if sent_key is not None:
             sent = store.sent.get(sent_key)

@@ -72,6 +72,12 @@ class MemoryReplies:
         for handler in self.store.cancel_handlers:
             loop.call_soon(handler, room, message_id)  # later, as a notice over Redis would be
 
+    async def start(self, room: str, message_id: str, packet: bytes) -> str | None:
+        mark = await self.cancel_mark(room, message_id)
+        if mark is None:
+            self.store.deliver(room, packet)
+        return mark
+
     async def cancel_mark(self, room: str, message_id: str) -> str | None:
         entry = self.store.cancelled.get((room, message_id))
         if entry is None or entry[1] <= time.monotonic():

@@ -18,6 +18,7 @@ from shared.broker.base import (
     HistoryPage,
     InboxFull,
     PresenceChange,
+    ReplyCancelled,
 )
 from shared.broker.redis_link import CommandPipe, Script
 from shared.broker.redis_replies import fields as _fields
@@ -111,13 +112,22 @@ class RedisHistory:
         request: bool = False,
         reply_to: str | None = None,
         client_id: ClientId | None = None,
+        cancelled: bool = False,
     ) -> Appended:
         k = self.keys
         if client_id is not None:
             marker, marker_ttl = k.sent(room, client_id.user, client_id.id), math.ceil(self.settings.client_id_window)
         else:
             marker, marker_ttl = k.replied(room, reply_to or "-"), REPLIED_TTL
-        keys = [k.history(room), k.inbox(room), k.bot(room), marker, k.stream(room, reply_to or "-"), k.streams(room)]
+        keys = [
+            k.history(room),
+            k.inbox(room),
+            k.bot(room),
+            marker,
+            k.stream(room, reply_to or "-"),
+            k.streams(room),
+            k.cancel(room, reply_to or "-"),
+        ]
         args = [
             k.channel(room),
             tail,
@@ -133,11 +143,12 @@ class RedisHistory:
             self.settings.inbox_max,
             "1" if self.inbox_notices else "0",
             reply_to or "",
+            "1" if cancelled else "0",
         ]
         message_id, duplicate, queued = await self.pipe.script(APPEND, keys, args)
         message_id = _text(message_id)
         if not message_id:
-            raise InboxFull(room)
+            raise ReplyCancelled(reply_to) if duplicate else InboxFull(room)
         return Appended(message_id, protocol.message_ts(message_id), duplicate=bool(duplicate), queued=bool(queued))
 
     @staticmethod

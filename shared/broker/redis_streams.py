@@ -27,6 +27,7 @@ STREAM_PUSH = Script("stream_push")
 STREAMS_READ = Script("streams_read")
 REQUEST_STATE = Script("request_state")
 CANCEL = Script("cancel")
+REQUEST_START = Script("request_start")
 CANCEL_TTL = 24 * 3600  # seconds a cancel is remembered: longer than any request waits
 
 
@@ -88,6 +89,11 @@ class RedisReplies:
             cancel_notice(room, message_id),
         ]
         await self.pipe.script(CANCEL, [self.keys.cancel(room, message_id)], args)
+
+    async def start(self, room: str, message_id: str, packet: bytes) -> str | None:
+        args = [self.publish_command, self.keys.channel(room), packet]
+        mark = await self.pipe.script(REQUEST_START, [self.keys.cancel(room, message_id)], args)
+        return text(mark) if mark else None
 
     async def cancel_mark(self, room: str, message_id: str) -> str | None:
         mark = await self.pipe.execute("GET", self.keys.cancel(room, message_id))

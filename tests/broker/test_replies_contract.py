@@ -14,7 +14,7 @@ import pytest
 
 from shared import packets, protocol
 from shared import server_frames as sf
-from shared.broker.base import ClientId
+from shared.broker.base import ClientId, ReplyCancelled
 from shared.models import Bot, BotStatus
 from shared.packets import StreamPosition
 from tests.broker.conftest import TIMEOUT, MakeNodes, Node
@@ -181,3 +181,28 @@ async def test_a_cancel_is_marked_and_heard_by_every_worker(make_nodes: MakeNode
     finally:
         stop.set()
         await listening
+
+
+async def test_starting_a_request_is_announced_unless_it_was_cancelled(make_nodes: MakeNodes) -> None:
+    gateway, worker = make_nodes(2)
+    await gateway.fanout.subscribe(ROOM)
+    processing = packets.pack(sf.encode(sf.Status(ROOM, REQUEST, "processing")))
+    assert await worker.broker.replies.start(ROOM, REQUEST, processing) is None
+    assert (await gateway.next_event()).frame == sf.encode(sf.Status(ROOM, REQUEST, "processing"))
+    await gateway.broker.replies.cancel(ROOM, "1700000000005-0", announced=True)
+    later = packets.pack(sf.encode(sf.Status(ROOM, "1700000000005-0", "processing")))
+    assert await worker.broker.replies.start(ROOM, "1700000000005-0", later) == "announced"
+    await gateway.fanout.publish(ROOM, packets.pack(b'{"type":"typing"}'))
+    assert (await gateway.next_event()).frame == b'{"type":"typing"}'  # nothing was announced
+
+
+async def test_a_cancelled_requests_reply_is_refused_unless_it_is_the_cancelled_one(make_nodes: MakeNodes) -> None:
+    (node,) = make_nodes(1)
+    await node.broker.replies.cancel(ROOM, REQUEST, announced=False)
+    tail = protocol.message_tail(ROOM, {"kind": "bot", "id": ROOM}, "too late", reply_to=REQUEST)
+    with pytest.raises(ReplyCancelled):
+        await node.history.append(ROOM, tail, reply_to=REQUEST)
+    assert (await node.history.read_latest(ROOM, 5)).entries == []
+    partial = protocol.message_tail(ROOM, {"kind": "bot", "id": ROOM}, "so far", reply_to=REQUEST, state="cancelled")
+    stored = await node.history.append(ROOM, partial, reply_to=REQUEST, cancelled=True)
+    assert [entry_id for entry_id, _ in (await node.history.read_latest(ROOM, 5)).entries] == [stored.id]

@@ -103,7 +103,7 @@ class Rig:
         return [f["status"] for f in self.of(room, "bot_status")]
 
     def finished(self, room: str, message_id: str) -> bool:
-        return any(state in ("done", "failed") for state in self.states(room, message_id))
+        return any(state in ("done", "failed", "cancelled") for state in self.states(room, message_id))
 
     async def wait_finished(self, room: str, *message_ids: str, timeout: float = 10) -> None:
         await self.until(lambda: all(self.finished(room, m) for m in message_ids), f"requests of {room}", timeout)

@@ -12,7 +12,11 @@ redis_only = pytest.mark.parametrize("backend", ["redis"])
 
 @redis_only
 async def test_a_quick_request_costs_one_round_trip(rig: Rig) -> None:
-    """Frames, reply and ack of a quick request leave in one pipeline: three frames, the append, the ack."""
+    """Frames, reply and ack of a quick request leave in one pipeline.
+
+    Three frames (the first one also looks up a cancel asked before the worker took it), the
+    append, the ack.
+    """
     await rig.worker(lease_seconds=30, visibility_timeout=60)  # no lease or reclaim work while measuring
     bot = await rig.bot("echo")
     await rig.wait_finished(bot, await rig.send(bot, "warm-up"))  # the worker's scripts are loaded now

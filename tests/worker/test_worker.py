@@ -100,7 +100,8 @@ async def test_webhook_deltas_are_live_and_not_in_history(rig: Rig, webhook: Web
     message = await rig.send(bot, "streamed reply here")
     await rig.wait_finished(bot, message)
     deltas = rig.of(bot, "delta")
-    assert [d["text"] for d in deltas] == ["streamed", " reply", " here"]
+    assert "".join(d["text"] for d in deltas) == "streamed reply here"
+    assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1))
     assert all(d["reply_to"] == message and "id" not in d for d in deltas)
     page = await rig.broker.history.read_latest(bot, 10)
     texts = [orjson.loads(frame)["text"] for _, frame in page.entries]

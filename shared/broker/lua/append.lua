@@ -1,7 +1,7 @@
 -- Store a message in the room's history, publish it, and queue it for the bot: one round trip.
 -- KEYS: 1 history stream, 2 bot inbox stream, 3 bot hash, 4 the message's marker: "replied" of
 --       reply_to, or "sent" of the sender's client id, 5 the hash of reply_to's stream while it is
---       written, 6 the room's set of such streams
+--       written, 6 the room's set of such streams, 7 the cancel marker of reply_to
 -- ARGV: 1 channel, 2 frame tail ("room":...}) kept in history,
 --       3 frame template, 4 frame template marked queued ("" unless a request),
 --       5 packet header template, 6 history max length, 7 max age in ms (0 = none),
@@ -9,11 +9,12 @@
 --       stores nothing and returns the first id), 10 marker TTL seconds,
 --       11 publish command (PUBLISH or SPUBLISH), 12 most requests a bot's inbox may hold,
 --       13 "1" to tell readers on the inbox's own shard channel that a request is queued,
---       14 reply_to ("" = not a reply)
+--       14 reply_to ("" = not a reply), 15 "1" to store a reply although its request was cancelled
 -- Templates are written in Python (shared/broker/redis.py); each NUL byte in one is a hole that
 -- this script fills with the id or the time the XADD gave, in the order listed there. JSON as
 -- Python writes it never holds a raw NUL byte, so no other byte is taken for a hole.
--- Returns {id, duplicate, queued}, or {"", 0, 0} when the bot's inbox is full (nothing stored).
+-- Returns {id, duplicate, queued}, {"", 0, 0} when the bot's inbox is full, {"", 1, 0} when the
+-- request a reply answers was cancelled (nothing stored either way).
 local function fill(template, ...)
   local parts, start = {}, 1
   for _, value in ipairs({...}) do
@@ -34,6 +35,9 @@ if ARGV[9] == '1' then
   if first then
     return {first, 1, 0}
   end
+end
+if ARGV[14] ~= '' and ARGV[15] ~= '1' and redis.call('EXISTS', KEYS[7]) == 1 then
+  return {'', 1, 0}
 end
 -- approximate trimming drops whole stream nodes (100 entries by default): exact below that size,
 -- so "an entry with twice history-max newer ones is gone" holds for every setting
