@@ -20,6 +20,10 @@ from shared import logs
 from shared.settings import Settings, SettingsError
 
 PROG = "chat-gateway"
+# pending connections the kernel queues for accept(): aiohttp's default of 128 makes a reconnect
+# storm wait for TCP retries (a second or more each) once a node's clients all come back at once
+# (the kernel caps it at net.core.somaxconn)
+LISTEN_BACKLOG = 4096
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -86,7 +90,7 @@ async def serve(app: web.Application, settings: Settings, banner: str | None) ->
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        await web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG).start()
         if banner:
             print(banner, flush=True)
         stop = asyncio.Event()
