@@ -166,7 +166,24 @@ _OPENAI_CONFIG = {
         "max_tokens": {"type": "integer", "minimum": 1, "maximum": 1000000},
     },
 }
-_KIND_CONFIGS = {"echo": _ECHO_CONFIG, "openai": _OPENAI_CONFIG, "webhook": _WEBHOOK_CONFIG}
+_SEND_POLICY = {
+    "enum": list(kinds.SEND_POLICIES),
+    "default": "queue",
+    "description": "a user's new message while the bot is still on an earlier one of theirs: queue it, "
+    "answer only the latest of those not started, or stop the reply in progress",
+}
+
+
+def _with_policy(schema: dict[str, Any]) -> dict[str, Any]:
+    """A kind's config schema with the fields every kind has."""
+    return {**schema, "properties": {**schema["properties"], kinds.POLICY_FIELD: _SEND_POLICY}}
+
+
+_KIND_CONFIGS = {
+    "echo": _with_policy(_ECHO_CONFIG),
+    "openai": _with_policy(_OPENAI_CONFIG),
+    "webhook": _with_policy(_WEBHOOK_CONFIG),
+}
 
 
 def _new_bot(kind: str) -> dict[str, Any]:

@@ -12,6 +12,23 @@ from typing import Any
 
 GROUP = "chat_gateway.bot_kinds"
 PRIVILEGED_KINDS = frozenset({"openai", "webhook"})  # fetch URLs from inside the operator's network: admins only
+# What a bot does with a user's new message while it is still on an earlier one of that user:
+# queue it (answer both), answer only the latest of those not started, or stop the one in progress.
+SEND_POLICIES = ("queue", "latest", "interrupt")
+POLICY_FIELD = "send_policy"  # a config field of every kind, checked here rather than by the kind
+
+
+def send_policy(config: Any) -> str:
+    """The bot's send policy from its config; raises ValueError naming the accepted ones."""
+    policy = config.get(POLICY_FIELD, "queue") if isinstance(config, dict) else "queue"
+    if policy not in SEND_POLICIES:
+        raise ValueError(f"config.{POLICY_FIELD} must be one of {', '.join(SEND_POLICIES)}")
+    return str(policy)
+
+
+def kind_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config without the fields every kind has: what the kind itself checks."""
+    return {name: value for name, value in config.items() if name != POLICY_FIELD}
 
 
 @cache
@@ -32,5 +49,10 @@ def validate_config(kind: str, config: Any) -> dict[str, Any]:
         config = {}
     if not isinstance(config, dict):
         raise ValueError("config must be an object")
+    policy = send_policy(config)
     check = getattr(entry.load(), "validate_config", None)
-    return dict(check(config)) if check is not None else dict(config)
+    own = kind_config(config)
+    normalised = dict(check(own)) if check is not None else own
+    if policy != "queue":
+        normalised[POLICY_FIELD] = policy
+    return normalised

@@ -286,6 +286,11 @@ def user_sender(tail: bytes) -> str | None:
     return None
 
 
+def user_sender_of_frame(frame: bytes) -> str | None:
+    """The user who sent a whole message frame; None for a bot's or for anything unreadable."""
+    return user_sender(frame[1:]) if frame.startswith(b"{") else None
+
+
 def message_ts(message_id: str) -> int:
     """Unix milliseconds of a message, read from its id."""
     return int(message_id.partition("-")[0])

@@ -115,6 +115,7 @@ class RequestContext:
         self.writer = writer  # where the attempt's streamed pieces go (one per attempt)
         self.cancelled = False  # the sender, the owner or an admin stopped the reply
         self.announce_cancel = True  # the room is told by this worker (not when the gateway did)
+        self.cancel_reason: str | None = None  # the status detail of the cancel, when it is not a person's
 
     def show_typing(self, state: bool) -> None:
         """Turn typing on or off; the frame is sent in order without waiting for it."""

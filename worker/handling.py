@@ -15,7 +15,7 @@ import logging
 import time
 
 from shared import protocol
-from shared.broker.base import BrokerUnavailable, History, Replies, ReplyCancelled
+from shared.broker.base import BrokerUnavailable, History, Latest, Replies, ReplyCancelled
 from shared.broker.queue import BotQueue, Request
 from shared.settings import Settings
 from worker.context import RequestContext, RoomEvents, bot_sender, status_packet
@@ -27,6 +27,8 @@ from worker.streaming import ReplyWriter
 log = logging.getLogger(__name__)
 RETRY_BACKOFF = (0.5, 2.0, 5.0)  # seconds before the 2nd, 3rd, later attempts
 CANCELLED = "cancelled"  # the outcome, status and message state of a reply stopped by a cancel
+SUPERSEDED = "replaced by a newer message"  # the detail of a request a newer one took the place of
+INTERRUPTED = "interrupted by a newer message"  # the detail of a reply a newer message stopped
 
 
 class RequestHandler:
@@ -55,23 +57,29 @@ class RequestHandler:
         self._answering: dict[tuple[str, str], tuple[asyncio.Task[object], RequestContext]] = {}
         replies.on_cancel(self.cancel)
 
-    def cancel(self, room: str, message_id: str, *, announce: bool = True) -> None:
+    def cancel(self, room: str, message_id: str, *, announce: bool = True, because: str | None = None) -> None:
         """A cancel was asked: stop the kind if it is answering that request here."""
         answering = self._answering.get((room, message_id))
         if answering is not None and not answering[1].cancelled:
             task, ctx = answering
             ctx.cancelled = True
             ctx.announce_cancel = announce
+            ctx.cancel_reason = because
             task.cancel()  # _attempt tells this cancel from a shutdown by ctx.cancelled
 
-    async def _started(self, request: Request, detail: str | None) -> None:
+    async def _started(self, served: ServedBot, request: Request, detail: str | None) -> None:
         packet = status_packet(request.bot, request.message_id, "processing", detail)
+        latest = None
+        if served.policy != "queue" and request.sender.get("kind") == "user":
+            latest = Latest(request.entry_id, str(request.sender.get("id")))
         try:
-            mark = await self.replies.start(request.bot, request.message_id, packet)
+            mark = await self.replies.start(request.bot, request.message_id, packet, latest_of=latest)
         except (BrokerUnavailable, OSError) as exc:
             log.warning("could not announce a request: %s", exc)  # the reply's append checks the cancel again
             return
-        if mark is not None:
+        if mark == "superseded":
+            self.cancel(request.bot, request.message_id, because=SUPERSEDED)
+        elif mark is not None:
             self.cancel(request.bot, request.message_id, announce=mark == "announce")
 
     async def handle(self, served: ServedBot, request: Request) -> bool:
@@ -95,7 +103,7 @@ class RequestHandler:
         # "processing" goes out unless a cancel was asked before this worker took the request: then
         # the answer (in the same round trip as the first frames) stops the kind, and a reply is
         # refused anyway if the kind was quicker
-        self.events.in_order(self._started(request, detail))
+        self.events.in_order(self._started(served, request, detail))
         ctx = RequestContext(served.bot, served.config, request, self.events, self.typing_refresh, self.history)
         try:
             ctx.show_typing(True)
@@ -110,7 +118,9 @@ class RequestHandler:
             return False
         request, reply, failure = outcome
         if failure == CANCELLED:
-            await self._answer(served, request, reply, state=CANCELLED, announce=ctx.announce_cancel)
+            await self._answer(
+                served, request, reply, state=CANCELLED, announce=ctx.announce_cancel, detail=ctx.cancel_reason
+            )
             self.metrics.finished(kind, CANCELLED, time.monotonic() - started)
             return True
         if failure is not None:
@@ -126,7 +136,14 @@ class RequestHandler:
         return True
 
     async def _answer(
-        self, served: ServedBot, request: Request, reply: str | None, *, state: str = "done", announce: bool = True
+        self,
+        served: ServedBot,
+        request: Request,
+        reply: str | None,
+        *,
+        state: str = "done",
+        announce: bool = True,
+        detail: str | None = None,
     ) -> None:
         """Store the reply, then acknowledge the request and announce ``state`` with the ack.
 
@@ -135,7 +152,7 @@ class RequestHandler:
         reply could not be stored: the request then stays pending. A cancelled reply is stored
         with what was written of it, marked ``"state": "cancelled"``.
         """
-        done = status_packet(request.bot, request.message_id, state) if announce else None
+        done = status_packet(request.bot, request.message_id, state, detail) if announce else None
         if not reply:
             await self.replies.clear(request.bot, request.message_id)  # deltas may have gone out
             await self.events.in_order(self.queue.ack(request, announce=done))

@@ -21,6 +21,7 @@ from typing import Any
 
 from shared.broker.base import BotRegistry
 from shared.broker.queue import BotLeases, BotQueue, Request, WorkerRoster
+from shared.kinds import POLICY_FIELD, SEND_POLICIES
 from shared.models import Bot, BotStatus
 from shared.settings import Settings
 from worker.kinds import BotKind, KindCatalog
@@ -45,6 +46,12 @@ class ServedBot:
     # requests taken, in order: the first is being handled (or waits for a slot), the rest were read ahead
     taken: deque[Request] = field(default_factory=deque)
     serving: bool = False  # a task of the worker handles the taken requests, or the bot waits for a slot
+
+    @property
+    def policy(self) -> str:
+        """What a user's new message does to their earlier ones still waiting or in progress."""
+        policy = self.bot.config.get(POLICY_FIELD, "queue")
+        return policy if policy in SEND_POLICIES else "queue"
 
     @property
     def id(self) -> str:

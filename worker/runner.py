@@ -30,7 +30,7 @@ from shared.broker.base import BotRegistry, BrokerUnavailable, FanOut, History, 
 from shared.broker.queue import BotLeases, BotQueue, GroupMissing, Request, WorkerRoster
 from shared.settings import Settings
 from worker.context import RoomEvents
-from worker.handling import RequestHandler
+from worker.handling import INTERRUPTED, RequestHandler
 from worker.kinds import KindCatalog
 from worker.metrics import WorkerMetrics
 from worker.roster import MAX_TAKEN, Roster, ServedBot
@@ -272,6 +272,9 @@ class Worker:
             return
         served.taken.append(request)
         if served.serving:
+            if served.policy == "interrupt" and _same_user(served.taken[0], request):
+                # the user sent again while the bot answers them: that reply stops where it is
+                self.handler.cancel(request.bot, served.taken[0].message_id, because=INTERRUPTED)
             return  # read ahead: it runs when the one before it is over
         served.serving = True
         if len(self._running) < self.settings.worker_concurrency:
@@ -352,3 +355,7 @@ class Worker:
         backlogs = await asyncio.gather(*(self.queue.backlog(bot) for bot in self.roster.served))
         self.load.queue_depth = sum(b.waiting for b in backlogs)
         self.load.oldest_age = max((b.oldest_age for b in backlogs), default=0.0)
+
+
+def _same_user(earlier: Request, later: Request) -> bool:
+    return earlier.sender.get("kind") == "user" and earlier.sender.get("id") == later.sender.get("id")

@@ -53,6 +53,14 @@ class ClientId:
 
 
 @dataclass(frozen=True, slots=True)
+class Latest:
+    """Where a request is in its bot's inbox and who sent it, to find newer messages of that user."""
+
+    entry_id: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
 class RequestInfo:
     """A user message as a request to the room's bot."""
 
@@ -213,9 +221,11 @@ class Replies(Protocol):
     async def cancel(self, room: str, message_id: str, *, announced: bool) -> None:
         """Mark the request cancelled and tell every worker; ``announced``: the room was told already."""
 
-    async def start(self, room: str, message_id: str, packet: bytes) -> str | None:
+    async def start(self, room: str, message_id: str, packet: bytes, *, latest_of: Latest | None = None) -> str | None:
         """A worker starts on a request: publish ``packet`` (its ``processing`` status) to the room
-        unless the request was cancelled; then return the cancel mark instead, publishing nothing."""
+        unless the request was cancelled (then return the cancel mark instead, publishing nothing)
+        or, with ``latest_of``, a newer message of the same user waits in the bot's inbox (then
+        return ``"superseded"``)."""
 
     async def cancel_mark(self, room: str, message_id: str) -> str | None:
         """``"announce"`` when the request was cancelled and the room not yet told, ``"announced"``

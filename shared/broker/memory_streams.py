@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from shared import protocol
-from shared.broker.base import RequestInfo
+from shared.broker.base import Latest, RequestInfo
 from shared.broker.memory import MemoryStore
 from shared.models import ReplyInFlight
 from shared.packets import StreamPosition
@@ -72,11 +72,21 @@ class MemoryReplies:
         for handler in self.store.cancel_handlers:
             loop.call_soon(handler, room, message_id)  # later, as a notice over Redis would be
 
-    async def start(self, room: str, message_id: str, packet: bytes) -> str | None:
+    async def start(self, room: str, message_id: str, packet: bytes, *, latest_of: Latest | None = None) -> str | None:
         mark = await self.cancel_mark(room, message_id)
-        if mark is None:
-            self.store.deliver(room, packet)
-        return mark
+        if mark is not None:
+            return mark
+        if latest_of is not None and self._newer_from(room, latest_of):
+            return "superseded"
+        self.store.deliver(room, packet)
+        return None
+
+    def _newer_from(self, room: str, latest: Latest) -> bool:
+        after = protocol.id_newer
+        for entry_id, fields in self.store.inbox(room).entries:
+            if after(entry_id, latest.entry_id) and protocol.user_sender_of_frame(fields.get("f", b"")) == latest.user:
+                return True
+        return False
 
     async def cancel_mark(self, room: str, message_id: str) -> str | None:
         entry = self.store.cancelled.get((room, message_id))

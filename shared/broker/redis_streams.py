@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 
 from shared import protocol
-from shared.broker.base import RequestInfo
+from shared.broker.base import Latest, RequestInfo
 from shared.broker.redis_link import CommandPipe, Script
 from shared.broker.redis_replies import text
 from shared.broker.redis_topology import Topology
@@ -29,6 +29,7 @@ REQUEST_STATE = Script("request_state")
 CANCEL = Script("cancel")
 REQUEST_START = Script("request_start")
 CANCEL_TTL = 24 * 3600  # seconds a cancel is remembered: longer than any request waits
+LATEST_SCAN = 500  # inbox entries looked through for a newer message of the same user
 
 
 class RedisReplies:
@@ -90,9 +91,11 @@ class RedisReplies:
         ]
         await self.pipe.script(CANCEL, [self.keys.cancel(room, message_id)], args)
 
-    async def start(self, room: str, message_id: str, packet: bytes) -> str | None:
-        args = [self.publish_command, self.keys.channel(room), packet]
-        mark = await self.pipe.script(REQUEST_START, [self.keys.cancel(room, message_id)], args)
+    async def start(self, room: str, message_id: str, packet: bytes, *, latest_of: Latest | None = None) -> str | None:
+        k = self.keys
+        entry, user = (latest_of.entry_id, latest_of.user) if latest_of is not None else ("0-0", "")
+        args = [self.publish_command, k.channel(room), packet, entry, user, LATEST_SCAN]
+        mark = await self.pipe.script(REQUEST_START, [k.cancel(room, message_id), k.inbox(room)], args)
         return text(mark) if mark else None
 
     async def cancel_mark(self, room: str, message_id: str) -> str | None:

@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+import pytest
+
 from gateway.bots import cancel_reply
 from shared.broker.queue import Request
 from shared.packets import StreamPosition
@@ -126,3 +128,44 @@ async def test_a_new_attempt_starts_the_reply_again(rig: Rig) -> None:
     kept = await rig.broker.replies.in_flight(bot)
     assert kept == []
     assert StreamPosition(request, 2, 2).after(StreamPosition(request, 1, 2))
+
+
+async def test_latest_answers_only_a_users_newest_waiting_message(rig: Rig) -> None:
+    await rig.worker()
+    bot = await rig.bot("echo", {"delay": 0.3, "send_policy": "latest"})
+    first = await rig.send(bot, "first")
+    await rig.until(lambda: "thinking" in rig.states(bot, first), "the first request to start")
+    second, other, third = (
+        await rig.send(bot, "second"),
+        await rig.send(bot, "bob's", "bob"),
+        await rig.send(bot, "third"),
+    )
+    await rig.wait_finished(bot, first, second, other, third, timeout=20)
+    assert [r["reply_to"] for r in rig.replies(bot)] == [first, other, third]  # started ones and bob's stay
+    (dropped,) = [f for f in rig.of(bot, "status") if f["message_id"] == second and f["state"] == "cancelled"]
+    assert dropped["detail"] == "replaced by a newer message"
+    assert "processing" not in rig.states(bot, second)
+
+
+async def test_interrupt_stops_the_reply_in_progress_when_the_user_sends_again(rig: Rig) -> None:
+    await rig.worker(delta_interval_ms=0)
+    bot = await rig.bot("echo", {"pace": 0.05, "send_policy": "interrupt"})
+    first = await rig.send(bot, WORDS)
+    await rig.until(lambda: len(rig.of(bot, "delta")) >= 3, "the first reply to stream")
+    second = await rig.send(bot, "never mind")
+    await rig.wait_finished(bot, first, second, timeout=20)
+    stopped, answered = rig.replies(bot)
+    assert (stopped["reply_to"], stopped["state"]) == (first, "cancelled")
+    assert stopped["text"] == streamed(rig, bot, first) != WORDS
+    assert (answered["reply_to"], answered["text"], answered.get("state")) == (second, "never mind", None)
+    (status,) = [f for f in rig.of(bot, "status") if f["message_id"] == first and f["state"] == "cancelled"]
+    assert status["detail"] == "interrupted by a newer message"
+
+
+def test_the_send_policy_is_checked_for_every_kind() -> None:
+    from shared.kinds import validate_config
+
+    assert validate_config("echo", {"send_policy": "latest"}) == {"send_policy": "latest"}
+    assert validate_config("echo", {"send_policy": "queue", "delay": 1}) == {"delay": 1.0}
+    with pytest.raises(ValueError, match=r"config\.send_policy must be one of queue, latest, interrupt"):
+        validate_config("echo", {"send_policy": "newest"})

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 
-from shared.kinds import GROUP, available_kinds
+from shared.kinds import GROUP, available_kinds, kind_config
 from shared.kinds import validate_config as validate_bot_config
 from worker.kinds.base import BotKind, Context, RequestFailed
 
@@ -49,7 +49,7 @@ class KindCatalog:
 
     def config_for(self, name: str, config: Mapping[str, object]) -> dict[str, object]:
         """The kind's normalised config; raises ValueError naming what is wrong."""
-        return type(self.get(name)).validate_config(config)
+        return type(self.get(name)).validate_config(kind_config(dict(config)))
 
     async def close(self) -> None:
         for instance in self._instances.values():
