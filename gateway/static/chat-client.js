@@ -478,7 +478,7 @@ var Poller = class {
       if (!this.#host.active || !outbox.has(entry)) return;
       entry.posting = true;
       try {
-        const stored = await this.#http.postMessage(room, entry.text);
+        const stored = await this.#http.postMessage(room, entry.text, entry.ref);
         this.#rooms.claim(room, stored.id);
         outbox.settle(entry, { id: stored.id, ts: stored.ts });
       } catch (err) {
@@ -530,8 +530,10 @@ var HttpApi = class {
   cancel(room, message2) {
     return this.call("POST", `/api/bots/${encodeURIComponent(room)}/messages/${encodeURIComponent(message2)}/cancel`, {});
   }
-  postMessage(room, text) {
-    return this.call("POST", `/api/bots/${encodeURIComponent(room)}/messages`, { text });
+  /** Store a message; with `clientId`, a repeat of the same POST stores nothing and answers the first one's id. */
+  postMessage(room, text, clientId) {
+    const body = clientId === void 0 ? { text } : { text, client_id: clientId };
+    return this.call("POST", `/api/bots/${encodeURIComponent(room)}/messages`, body);
   }
   /** A room's history, oldest first. */
   history(room, { since, limit } = {}) {
@@ -1059,14 +1061,20 @@ var ChatClient = class extends ChatEvents {
     this.#typing.report(room, state);
   }
   /**
-   * Stop the bot's reply to the user message `messageId`, over the socket or, when it is down, over
-   * HTTP. Resolves with `cancel_ok`; the reply then ends with `status cancelled`, and the text so far
-   * is stored as a cancelled reply. Rejects with `conflict` when the reply already ended.
+   * Stop the bot's reply to the user message `messageId`, over the socket or, when it is down (or
+   * goes down before the answer), over HTTP. Resolves with `cancel_ok`; the reply then ends with
+   * `status cancelled`, and the text so far is stored as a cancelled reply. Rejects with `conflict`
+   * when the reply already ended, `forbidden` for a user who is neither its sender, the bot's owner
+   * nor an admin. Cancelling twice is harmless: the second one gets `conflict` or the same answer.
    */
   async cancel(room, messageId) {
     if (this.#transport.live) {
-      const reply = await this.#transport.request({ type: "cancel", room, message: messageId });
-      if (reply.type === "cancel_ok") return reply;
+      try {
+        const reply = await this.#transport.request({ type: "cancel", room, message: messageId });
+        if (reply.type === "cancel_ok") return reply;
+      } catch (err) {
+        if (!(err instanceof ChatError) || err.frame || err.code !== "unavailable") throw err;
+      }
     }
     const answer2 = await this.api.cancel(room, messageId);
     return { type: "cancel_ok", room: answer2.room, message: answer2.message };
@@ -1396,7 +1404,11 @@ var ChatStore = class {
       return { replies };
     });
   }
-  /** Ask the bot to stop its reply to `messageId`; the view follows the frames that come back. */
+  /**
+   * Ask the bot to stop its reply to `messageId` (see ChatClient.cancel); the view follows the frames
+   * that come back: the reply ends `cancelled` and its text so far arrives as a message with
+   * `state: "cancelled"`.
+   */
   cancel(room, messageId) {
     return this.client.cancel(room, messageId);
   }
@@ -1706,5 +1718,6 @@ export {
   devToken,
   validate_exports as guards,
   isServerFrame,
+  nextReply,
   problems
 };

@@ -230,14 +230,21 @@ export class ChatClient extends ChatEvents {
   }
 
   /**
-   * Stop the bot's reply to the user message `messageId`, over the socket or, when it is down, over
-   * HTTP. Resolves with `cancel_ok`; the reply then ends with `status cancelled`, and the text so far
-   * is stored as a cancelled reply. Rejects with `conflict` when the reply already ended.
+   * Stop the bot's reply to the user message `messageId`, over the socket or, when it is down (or
+   * goes down before the answer), over HTTP. Resolves with `cancel_ok`; the reply then ends with
+   * `status cancelled`, and the text so far is stored as a cancelled reply. Rejects with `conflict`
+   * when the reply already ended, `forbidden` for a user who is neither its sender, the bot's owner
+   * nor an admin. Cancelling twice is harmless: the second one gets `conflict` or the same answer.
    */
   async cancel(room: string, messageId: string): Promise<CancelOkFrame> {
     if (this.#transport.live) {
-      const reply = await this.#transport.request({ type: "cancel", room, message: messageId });
-      if (reply.type === "cancel_ok") return reply;
+      try {
+        const reply = await this.#transport.request({ type: "cancel", room, message: messageId });
+        if (reply.type === "cancel_ok") return reply;
+      } catch (err) {
+        // An `error` frame is the server's answer; anything else means the socket went away first.
+        if (!(err instanceof ChatError) || err.frame || err.code !== "unavailable") throw err;
+      }
     }
     const answer = await this.api.cancel(room, messageId);
     return { type: "cancel_ok", room: answer.room, message: answer.message };

@@ -100,13 +100,13 @@ export class Poller {
       if (!this.#host.active || !outbox.has(entry)) return;
       entry.posting = true;
       try {
-        const stored = await this.#http.postMessage(room, entry.text);
+        const stored = await this.#http.postMessage(room, entry.text, entry.ref);
         this.#rooms.claim(room, stored.id);
         outbox.settle(entry, { id: stored.id, ts: stored.ts });
       } catch (err) {
         const e = err as ChatError;
         if (e.network || e.status === 429 || (e.status ?? 0) >= 500) {
-          entry.sentOn = -1; // may have arrived: the next poll reconciles it
+          entry.sentOn = -1; // may have arrived: the next poll finds it by client_id, or the repeat is answered with it
           return;
         }
         outbox.fail(entry, e);

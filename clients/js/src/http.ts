@@ -61,8 +61,10 @@ export class HttpApi {
     return this.call("POST", `/api/bots/${encodeURIComponent(room)}/messages/${encodeURIComponent(message)}/cancel`, {});
   }
 
-  postMessage(room: string, text: string): Promise<Stored> {
-    return this.call("POST", `/api/bots/${encodeURIComponent(room)}/messages`, { text });
+  /** Store a message; with `clientId`, a repeat of the same POST stores nothing and answers the first one's id. */
+  postMessage(room: string, text: string, clientId?: string): Promise<Stored> {
+    const body = clientId === undefined ? { text } : { text, client_id: clientId };
+    return this.call("POST", `/api/bots/${encodeURIComponent(room)}/messages`, body);
   }
 
   /** A room's history, oldest first. */

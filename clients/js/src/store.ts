@@ -9,7 +9,7 @@
 import type { BotCommandResult, ChatClient } from "./client.js";
 import type { ChatError } from "./errors.js";
 import type { CloseReason, ConnectionState } from "./events.js";
-import type { BotInfo, MessageFrame, ProgressState, Sender, Stored } from "./frames.js";
+import type { BotInfo, CancelOkFrame, MessageFrame, ProgressState, Sender, Stored } from "./frames.js";
 import { decodeJwtPayload } from "./util.js";
 
 /** A message handed to send() that is not in the room's history yet. */
@@ -274,8 +274,12 @@ export class ChatStore {
     });
   }
 
-  /** Ask the bot to stop its reply to `messageId`; the view follows the frames that come back. */
-  cancel(room: string, messageId: string): Promise<unknown> {
+  /**
+   * Ask the bot to stop its reply to `messageId` (see ChatClient.cancel); the view follows the frames
+   * that come back: the reply ends `cancelled` and its text so far arrives as a message with
+   * `state: "cancelled"`.
+   */
+  cancel(room: string, messageId: string): Promise<CancelOkFrame> {
     return this.client.cancel(room, messageId);
   }
 

@@ -206,3 +206,136 @@ test("stopBot and startBot answer with the new status and the room hears it", as
   await until(storeChanges(store), () => store.room(bot.id).bot?.status === "running", "running again");
   store.dispose();
 });
+
+/** 40 words: the echo bot with pace 0.1 streams them for about four seconds. */
+const LONG_TEXT = Array.from({ length: 40 }, (_, i) => `word${i}`).join(" ");
+
+/** A store of a new client of `user` with `room` open and joined. */
+async function openStore(t, user, room, options) {
+  const made = clientFor(t, user, options);
+  const store = new ChatStore(made.client);
+  t.after(() => store.dispose());
+  made.client.connect();
+  store.open(room);
+  await until(storeChanges(store), () => store.room(room).status === "joined", `${user} joined`);
+  return { ...made, store };
+}
+
+/** Every text the store showed for the reply to `replyTo` while it streamed, in order, once each. */
+function replyTexts(store, room, replyTo) {
+  const texts = [];
+  const record = () => {
+    const reply = store.room(room).replies.find((r) => r.replyTo === replyTo);
+    if (reply && reply.text !== texts.at(-1)) texts.push(reply.text);
+  };
+  const off = store.subscribe(record);
+  record();
+  return { texts, off };
+}
+
+test("a second client that joins mid-reply shows the text so far, then grows it to the final text", async (t) => {
+  const { client, token } = clientFor(t, "hal");
+  const bot = await echoBot(token, { pace: 0.1 });
+  const first = new ChatStore(client);
+  t.after(() => first.dispose());
+  client.connect();
+  first.open(bot.id);
+  await until(storeChanges(first), () => first.room(bot.id).status === "joined", "joined");
+  const stored = await first.send(bot.id, LONG_TEXT);
+  await until(storeChanges(first), () => first.room(bot.id).replies[0]?.seq >= 5, "five pieces");
+
+  const { store: second } = await openStore(t, "hal", bot.id);
+  const reply = await until(storeChanges(second), () => second.room(bot.id).replies[0], "the reply in progress");
+  assert.equal(reply.replyTo, stored.id);
+  // The snapshot holds everything written so far (pieces may have been gathered into fewer deltas).
+  assert.ok(reply.seq >= 1, `seq ${reply.seq}`);
+  assert.ok(reply.text.startsWith("word0 word1 word2 "), `the text so far from its start: ${JSON.stringify(reply.text)}`);
+  assert.ok(LONG_TEXT.startsWith(reply.text.trimEnd()));
+  const seen = replyTexts(second, bot.id, stored.id);
+  const final = await until(
+    storeChanges(second),
+    () => second.room(bot.id).messages.find((m) => m.reply_to === stored.id),
+    "the final message",
+    scaled(15_000),
+  );
+  seen.off();
+  assert.equal(final.text, LONG_TEXT);
+  assert.equal(final.state, undefined);
+  assert.ok(seen.texts.length > 2, "it kept growing after the snapshot");
+  for (let i = 1; i < seen.texts.length; i++) assert.ok(seen.texts[i].startsWith(seen.texts[i - 1]), "only appended to");
+  assert.ok(LONG_TEXT.startsWith(seen.texts.at(-1).trimEnd()));
+  assert.deepEqual(second.room(bot.id).replies, []);
+});
+
+test("cancel from one client ends the reply as cancelled for both, with the same text so far", async (t) => {
+  const { client, token } = clientFor(t, "ida");
+  const bot = await echoBot(token, { pace: 0.1 });
+  const first = new ChatStore(client);
+  t.after(() => first.dispose());
+  client.connect();
+  first.open(bot.id);
+  await until(storeChanges(first), () => first.room(bot.id).status === "joined", "joined");
+  const { client: otherClient, store: second } = await openStore(t, "ida", bot.id);
+  const deltas = [];
+  otherClient.on("delta", (d) => deltas.push(d));
+  const stored = await first.send(bot.id, LONG_TEXT);
+  await until(storeChanges(second), () => second.room(bot.id).replies[0]?.seq >= 3, "three pieces in the other client");
+
+  const ok = await second.cancel(bot.id, stored.id);
+  assert.deepEqual({ type: ok.type, room: ok.room, message: ok.message }, { type: "cancel_ok", room: bot.id, message: stored.id });
+  const ended = await Promise.all(
+    [first, second].map((store) =>
+      until(storeChanges(store), () => store.room(bot.id).messages.find((m) => m.reply_to === stored.id), "the cancelled reply"),
+    ),
+  );
+  for (const [i, store] of [first, second].entries()) {
+    await until(storeChanges(store), () => store.room(bot.id).progress[stored.id]?.state === "cancelled", `cancelled (${i})`);
+    assert.deepEqual(store.room(bot.id).replies, []);
+  }
+  assert.equal(ended[0].state, "cancelled");
+  assert.equal(ended[0].id, ended[1].id);
+  assert.equal(ended[0].text, ended[1].text);
+  assert.ok(ended[0].text.length > 0 && ended[0].text.length < LONG_TEXT.length, ended[0].text);
+  assert.ok(LONG_TEXT.startsWith(ended[0].text.trimEnd()));
+  const atEnd = deltas.length;
+
+  // A reply that ended cannot be cancelled again, and nothing more of it arrives: the next request's
+  // whole reply comes after it.
+  await assert.rejects(second.cancel(bot.id, stored.id), (err) => err.code === "conflict");
+  const next = await first.send(bot.id, "and then");
+  await until(storeChanges(first), () => first.room(bot.id).messages.some((m) => m.reply_to === next.id), "the next reply");
+  assert.deepEqual(deltas.slice(atEnd).filter((d) => d.reply_to === stored.id), []);
+  assert.ok(first.room(bot.id).messages.filter((m) => m.reply_to === stored.id).length === 1);
+});
+
+test("cancel goes over HTTP while the socket is down", async (t) => {
+  const { client, control, token } = clientFor(t, "jon");
+  const bot = await echoBot(token, { pace: 0.1 });
+  const store = new ChatStore(client);
+  t.after(() => store.dispose());
+  client.connect();
+  store.open(bot.id);
+  await until(storeChanges(store), () => store.room(bot.id).status === "joined", "joined");
+  const stored = await store.send(bot.id, LONG_TEXT);
+  await until(storeChanges(store), () => store.room(bot.id).replies[0]?.seq >= 2, "two pieces");
+
+  control.refuse = true;
+  control.kill();
+  await nextEvent(client, "state", (s) => s.state === "reconnecting");
+  const ok = await store.cancel(bot.id, stored.id);
+  assert.equal(ok.message, stored.id);
+  control.refuse = false;
+  const reply = await until(
+    storeChanges(store),
+    () => store.room(bot.id).messages.find((m) => m.reply_to === stored.id),
+    "the cancelled reply after the rejoin",
+    scaled(15_000),
+  );
+  assert.equal(reply.state, "cancelled");
+  assert.ok(reply.text.length < LONG_TEXT.length);
+  const history = (await client.history(bot.id)).messages;
+  assert.deepEqual(
+    history.map((m) => [m.from.kind, m.state ?? null]),
+    [["user", null], ["bot", "cancelled"]],
+  );
+});

@@ -12,7 +12,7 @@ import {
 } from "react";
 
 import { type BotCommandResult, ChatClient, type ChatClientOptions } from "../client.js";
-import type { Stored } from "../frames.js";
+import type { CancelOkFrame, Stored } from "../frames.js";
 import { type ConnectionView, ChatStore, type RoomView } from "../store.js";
 
 export interface ChatConnectionOptions extends ChatClientOptions {
@@ -125,8 +125,12 @@ export interface UseChat extends RoomView {
   reportTyping(state: boolean): void;
   startBot(): Promise<BotCommandResult>;
   stopBot(): Promise<BotCommandResult>;
-  /** Stop the bot's reply to one of the room's user messages (by its id). */
-  cancel(messageId: string): Promise<unknown>;
+  /**
+   * Stop the bot's reply to one of the room's user messages (by its id): over the socket, or over
+   * HTTP when it is down. Resolves with `cancel_ok`; the reply in `replies` then ends `cancelled`
+   * and its text so far arrives in `messages` with `state: "cancelled"`.
+   */
+  cancel(messageId: string): Promise<CancelOkFrame>;
   /** Forget a failed pending message. */
   discard(key: string): void;
 }
