@@ -21,14 +21,16 @@ from typing import Any
 
 import uvloop
 
-from bench import report, scale, scenarios
+from bench import bot_stream, report, scale, scenarios
 from bench.loadgen import LoadGen
 from bench.procs import raise_fd_limit
 from bench.systems import SYSTEMS
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-# The scale scenario starts its own topologies (2 nodes, then 3), so it runs apart from the others.
-SCENARIOS = [*scenarios.SCENARIOS, scale.NAME]
+# The scale and bot_stream scenarios start their own topologies (2 nodes and 3; workers coalescing off and on),
+# so they run apart from the others; bot_stream comes right after bot.
+_BOT = [*scenarios.SCENARIOS].index("bot") + 1
+SCENARIOS = [*[*scenarios.SCENARIOS][:_BOT], bot_stream.NAME, *[*scenarios.SCENARIOS][_BOT:], scale.NAME]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -67,6 +69,13 @@ def _brief(result: dict[str, Any]) -> str:
             f"{s['nearest_limit']}"
         )
         return f"FAILED: {result['error']}; {text}" if "error" in result else text
+    if "publishes_per_reply_ratio" in s:
+        return "; ".join(
+            f"{name} ({s[name]['delta_interval_ms']:g} ms): {s[name]['deltas_per_reply']} deltas, "
+            f"{s[name]['publishes_per_reply']} publishes, {s[name]['server_cpu_us_per_reply']} server µs per reply, "
+            f"{s[name]['server_cpu_us_per_delta']} µs/delta, reply p99 {s[name]['reply_p99_ms']} ms"
+            for name, _ in bot_stream.SIDES
+        ) + (f"; FAILED: {result['error']}" if "error" in result else f"; lost {s['lost']}, dup {s['duplicated']}")
     if "capacity_ratio" in s:
         a, b = scale.NODE_COUNTS
         return (
@@ -87,6 +96,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.storm_concurrency:
         sizes = dataclasses.replace(sizes, storm_concurrency=args.storm_concurrency)
     scale_sizes = scale.QUICK if args.quick else scale.FULL
+    stream_sizes = bot_stream.QUICK if args.quick else bot_stream.FULL
     data: dict[str, Any] = {
         "meta": {
             "quick": args.quick,
@@ -98,6 +108,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "loadgen_procs": args.loadgen_procs,
             "sizes": sizes.__dict__,
             "scale_sizes": scale_sizes.__dict__,
+            "bot_stream_sizes": stream_sizes.__dict__,
         },
         "systems": {},
         "results": {},
@@ -115,6 +126,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"{scenario} on {system.name} ...")
                 if scenario == scale.NAME:
                     result = await scale.run(system, loadgens, scale_sizes)
+                elif scenario == bot_stream.NAME:
+                    result = await bot_stream.run(system, loadgens, stream_sizes)
                 else:
                     result = await scenarios.run(system, scenario, loadgens, sizes)
                 data["results"].setdefault(scenario, {})[system.name] = result

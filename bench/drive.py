@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.loadgen import LoadGen, Member
 from bench.procs import cpu_seconds, listen_overflows, machine_busy_seconds, rss_bytes
-from bench.stats import Histogram, Tally
+from bench.stats import Histogram, StreamTally, Tally
 from bench.systems import Topology
 
 DRAIN_CAP = 30.0  # seconds a step may wait for stragglers after its senders stop
@@ -86,14 +86,36 @@ def _per(numerator: float, denominator: float, scale: float = 1.0) -> float | No
     return round(numerator * scale / denominator, 2) if denominator else None
 
 
+def _stream_figures(stream: StreamTally, replies: int, server: float, redis: float) -> dict[str, Any]:
+    """The figures of a step whose bot replies were streamed: deltas per reply, their cost, their faults."""
+    first = stream.first_delta.summary_ms()
+    return {
+        "deltas": stream.deltas,
+        "deltas_per_reply": _per(stream.deltas, replies),
+        "server_cpu_us_per_delta": _per(server, stream.deltas, 1e6),
+        "server_cpu_us_per_reply": _per(server, replies, 1e6),
+        "redis_cpu_us_per_reply": _per(redis, replies, 1e6),
+        "first_delta_p50_ms": first["p50_ms"],
+        "first_delta_p99_ms": first["p99_ms"],
+        "stream_snapshots": stream.snapshots,
+        "delta_gaps": stream.gaps,
+        "delta_repeats": stream.repeats,
+        "streams_broken": stream.broken,
+        "replies_unstreamed": stream.unstreamed,
+    }
+
+
 class Drive:
     """One running system and the load generators pointed at it."""
 
-    def __init__(self, topology: Topology, loadgens: list[LoadGen], wire: str, padding: int) -> None:
+    def __init__(
+        self, topology: Topology, loadgens: list[LoadGen], wire: str, padding: int, *, filler: str | None = None
+    ) -> None:
         self.topology = topology
         self.loadgens = loadgens
         self.wire = wire
-        self.padding = padding
+        # What follows the marker in every sent text: ``padding`` characters, unless given.
+        self.filler = "x" * padding if filler is None else filler
         self.placed: dict[int, int] = {}  # member index -> load generator number
         self.connections = 0
 
@@ -123,7 +145,7 @@ class Drive:
                     wire=self.wire,
                     members=share,
                     concurrency=concurrency,
-                    padding=self.padding,
+                    filler=self.filler,
                     deadline=deadline,
                 )
                 for lg, share in zip(self.loadgens, shares, strict=True)
@@ -279,10 +301,11 @@ class Drive:
         sent: int,
         expected: int,
     ) -> dict[str, Any]:
-        messages, replies = Tally(), Tally()
+        messages, replies, stream = Tally(), Tally(), StreamTally()
         for report in reports:
             messages.merge(report["message"])
             replies.merge(report["reply"])
+            stream.merge(report["stream"])
         window = max((max(messages.last_ns, replies.last_ns) - start_ns) / 1e9, seconds, 1e-3)
         delivered = messages.unique
         # Bot replies are deliveries too: the servers carry them to the room like any message.
@@ -325,11 +348,14 @@ class Drive:
                 replies=replies.unique,
                 replies_lost=max(sent - replies.unique, 0),
                 replies_duplicated=replies.duplicated,
+                replies_wrong=stream.wrong_text,
                 worker_cpu_us_per_reply=_per(after.workers - before.workers, replies.unique, 1e6),
                 reply_p50_ms=replies.latency.summary_ms()["p50_ms"],
                 reply_p99_ms=replies.latency.summary_ms()["p99_ms"],
                 reply_max_ms=replies.latency.summary_ms()["max_ms"],
             )
+            if stream.deltas:
+                figures.update(_stream_figures(stream, replies.unique, server, redis))
         return figures
 
     async def disconnect(self) -> None:

@@ -22,8 +22,8 @@ import uvloop
 
 from bench import rawws
 from bench.procs import raise_fd_limit
-from bench.stats import Histogram, Seen, Tally, count, marker
-from bench.wire import ANSWER, MESSAGE, REPLY, WIRES, Wire
+from bench.stats import Histogram, Seen, StreamTally, Tally, count, marker, parse_marker
+from bench.wire import ANSWER, MESSAGE, PIECE, REPLY, WIRES, Piece, Wire
 
 CONNECT_TIMEOUT = 30.0
 
@@ -38,6 +38,15 @@ class Member:
     since: str | None = None  # the last message id the client holds (systems that resume by position)
 
 
+@dataclass(eq=False, slots=True)
+class Spelled:
+    """A streamed reply as one client has it so far: its attempt, the last seq and the pieces' text."""
+
+    attempt: int
+    seq: int
+    parts: list[str]
+
+
 @dataclass(eq=False)
 class Client:
     member: Member
@@ -45,6 +54,7 @@ class Client:
     joined_ns: int
     seen: tuple[Seen, Seen] = field(default_factory=lambda: (Seen(), Seen()))  # messages, replies
     seq: int = 0
+    streams: dict[str, Spelled] = field(default_factory=dict)  # reply_to -> the reply streaming to this client
 
 
 class Generator:
@@ -56,15 +66,18 @@ class Generator:
         self.clients: list[Client] = []
         self.step = 0
         self.tallies = (Tally(), Tally())  # messages, replies in the current step
+        self.stream = StreamTally()  # the streamed replies' pieces in the current step
         self.cpu_start = time.process_time()
         self.disconnected = 0
         self.frames = 0  # every text frame received in the current step, deliveries or not
-        self.padding = ""
+        self.filler = ""  # what every sent text carries after its marker; a bot's echo must end with it
 
     async def connect(
-        self, wire: str, members: list[Member], concurrency: int, padding: int, deadline: float | None = None
+        self, wire: str, members: list[Member], concurrency: int, filler: str, deadline: float | None = None
     ) -> dict[str, Any]:
         """Open and join ``members``, ``concurrency`` handshakes at a time; failures are counted, not raised.
+
+        ``filler`` follows the marker in every text the clients send (room setup sizes it).
 
         With ``deadline`` (seconds), a connection not joined by then fails, and none starts after it.
         The answer holds each joined connection's time from its TCP connect to its ``joined``.
@@ -72,7 +85,7 @@ class Generator:
         self.wire = WIRES[wire]
         # Clients share one decoder: decoding keeps no per-connection state.
         self.decoder = self.wire()
-        self.padding = "x" * padding
+        self.filler = filler
         gate = asyncio.Semaphore(concurrency)
         until = None if deadline is None else time.monotonic() + deadline
         joins = Histogram()
@@ -125,7 +138,7 @@ class Generator:
         ws.send(wire.join_frame(member.room, 1, member.since))
         while not wire.joined(data := await ws.receive(), member.room, 1):
             event = wire.decode(data)
-            if event is not None and event[0] == ANSWER:
+            if event is not None and event[0] == ANSWER and isinstance(event[1], str):
                 ws.send(event[1])
 
     def _on_text(self, client: Client, text: str) -> None:
@@ -134,11 +147,47 @@ class Generator:
         if event is None:
             return
         kind, payload = event
+        if isinstance(payload, Piece):
+            self._piece(client, payload)
+            if kind == PIECE:
+                return
+            payload = payload.text
         if kind == ANSWER:
             with contextlib.suppress(ConnectionError):
                 client.ws.send(payload)
-        else:
-            count(self.tallies[kind], client.seen[kind], self.step, payload)
+            return
+        if kind == REPLY and payload.split("#", 2)[-1] != self.filler:
+            self.stream.wrong_text += 1  # an echo bot answers with the text it was sent
+        count(self.tallies[kind], client.seen[kind], self.step, payload)
+
+    def _piece(self, client: Client, piece: Piece) -> None:
+        """Follow one reply's stream as a client does (docs/protocol.md, "Streamed replies"), counting faults."""
+        tally, held = self.stream, client.streams.get(piece.reply_to)
+        if piece.frame == "message":
+            if held is None:
+                tally.unstreamed += 1
+                return
+            del client.streams[piece.reply_to]
+            if "".join(held.parts) != piece.text:
+                tally.broken += 1
+            return
+        if piece.frame == "stream":  # the text so far, or a new attempt starting again from nothing
+            tally.snapshots += 1
+            client.streams[piece.reply_to] = Spelled(piece.attempt, piece.seq, [piece.text] if piece.text else [])
+            return
+        tally.deltas += 1
+        if held is None or piece.attempt > held.attempt:
+            held = client.streams[piece.reply_to] = Spelled(piece.attempt, 0, [])
+            parsed = parse_marker(piece.text) if piece.seq == 1 else None
+            if parsed is not None and parsed[0] == self.step:  # the first piece carries the sent text's marker
+                tally.first_delta.record((time.monotonic_ns() - parsed[3]) / 1000)
+        if piece.attempt < held.attempt or piece.seq <= held.seq:
+            tally.repeats += 1
+            return
+        if piece.seq != held.seq + 1:
+            tally.gaps += 1
+        held.parts.append(piece.text)
+        held.seq = piece.seq
 
     def _closed(self) -> None:
         self.disconnected += 1
@@ -147,10 +196,12 @@ class Generator:
         """Start counting a new step from zero."""
         self.step = step
         self.tallies = (Tally(), Tally())
+        self.stream = StreamTally()
         self.frames = 0
         for client in self.clients:
             client.seen = (Seen(), Seen())
             client.seq = 0
+            client.streams.clear()
         self.cpu_start = time.process_time()
         return {"ok": True}
 
@@ -167,7 +218,7 @@ class Generator:
             if delay > 0:
                 await asyncio.sleep(delay)
             client = chosen[i % len(chosen)]
-            text = marker(self.step, client.member.index, client.seq) + self.padding
+            text = marker(self.step, client.member.index, client.seq) + self.filler
             client.seq += 1
             with contextlib.suppress(ConnectionError):
                 client.ws.send(message_frame(client.member.room, text))
@@ -178,6 +229,7 @@ class Generator:
         return {
             "message": self.tallies[MESSAGE],
             "reply": self.tallies[REPLY],
+            "stream": self.stream,
             "cpu_s": time.process_time() - self.cpu_start,
             "disconnected": self.disconnected,
             "frames": self.frames,

@@ -46,8 +46,11 @@ class Api:
                 raise RuntimeError(f"{method} {path}: HTTP {resp.status} (expected {expect}): {await resp.text()}")
             return await resp.json() if resp.content_type == "application/json" else None
 
-    async def create_bot(self, owner: str, name: str) -> str:
-        bot = await self._call("POST", "/api/bots", owner, 201, {"name": name, "kind": "echo"})
+    async def create_bot(self, owner: str, name: str, config: dict[str, Any] | None = None) -> str:
+        body: dict[str, Any] = {"name": name, "kind": "echo"}
+        if config is not None:
+            body["config"] = config
+        bot = await self._call("POST", "/api/bots", owner, 201, body)
         return str(bot["id"])
 
     async def add_member(self, owner: str, bot: str, user: str) -> None:
@@ -91,11 +94,11 @@ async def post_messages(base: str, bots: list[str]) -> list[str]:
         return await _bounded(api.post_message(OWNER, bot, "before the storm") for bot in bots)
 
 
-async def make_bot_rooms(base: str, users: list[str]) -> list[str]:
-    """Give every user a running echo bot of its own; return the bot ids once all of them run."""
+async def make_bot_rooms(base: str, users: list[str], config: dict[str, Any] | None = None) -> list[str]:
+    """Give every user a running echo bot of its own (with ``config``); return the bot ids once all of them run."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=API_CONCURRENCY)) as session:
         api = Api(session, base)
-        bots = await _bounded(api.create_bot(user, f"echo of {user}") for user in users)
+        bots = await _bounded(api.create_bot(user, f"echo of {user}", config) for user in users)
         await _bounded(api.start_bot(user, bot) for user, bot in zip(users, bots, strict=True))
         deadline = time.monotonic() + START_TIMEOUT
         waiting = dict(zip(bots, users, strict=True))

@@ -7,6 +7,7 @@ its live descendants so a server that forks helpers is charged for them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -106,6 +107,30 @@ def rss_bytes(pid: int) -> int:
                     total += int(line.split()[1]) * 1024
                     break
     return total
+
+
+async def redis_calls(port: int, host: str = "127.0.0.1") -> dict[str, int]:
+    """Command name -> calls so far, from the redis-server's ``INFO commandstats``.
+
+    Commands a script runs (``redis.call`` inside EVALSHA) are counted under their own names too.
+    """
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+        header = await reader.readline()
+        if not header.startswith(b"$"):
+            raise RuntimeError(f"INFO commandstats: unexpected answer {header!r}")
+        body = (await reader.readexactly(int(header[1:]) + 2)).decode()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    calls = {}
+    for line in body.splitlines():
+        # cmdstat_publish:calls=12,usec=40,usec_per_call=3.33,rejected_calls=0,failed_calls=0
+        if line.startswith("cmdstat_"):
+            name, _, stats = line[len("cmdstat_") :].partition(":")
+            calls[name] = int(stats.split(",", 1)[0].removeprefix("calls="))
+    return calls
 
 
 class Proc:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench import bot_stream
 from bench.drive import limit_label
 from bench.scale import NAME as SCALE
 from bench.scale import NODE_COUNTS
@@ -140,8 +141,9 @@ def markdown(data: dict[str, Any]) -> str:
             lines.append(f"- `{name}` skipped: {status}")
     for scenario, by_system in data["results"].items():
         lines += [f"## {scenario}"]
-        if scenario == SCALE:
-            lines += scale_markdown(by_system)
+        own_table = {SCALE: scale_markdown, bot_stream.NAME: stream_markdown}.get(scenario)
+        if own_table is not None:  # figures of their own, in tables of their own
+            lines += own_table(by_system)
             continue
         if scenario in INTRO:
             lines += ["", INTRO[scenario]]
@@ -180,6 +182,70 @@ def markdown(data: dict[str, Any]) -> str:
         ]
         lines += _table(["scenario", "peer", *keys], rows)
     return "\n".join(lines)
+
+
+# (side figure, column title) of the bot_stream table; the after / before row has the ratios of bot_stream.RATIO_KEYS.
+STREAM_COLUMNS = [
+    ("delta_interval_ms", "delta interval ms"),
+    ("replies", "replies"),
+    ("deltas_per_reply", "deltas/reply"),
+    ("publishes_per_reply", "Redis publishes/reply"),
+    ("scripts_per_reply", "Redis scripts/reply"),
+    ("redis_commands_per_reply", "Redis commands/reply"),
+    ("server_cpu_us_per_delta", "server µs/delta"),
+    ("server_cpu_us_per_reply", "server µs/reply"),
+    ("worker_cpu_us_per_reply", "worker µs/reply"),
+    ("redis_cpu_us_per_reply", "Redis µs/reply"),
+    ("first_delta_p50_ms", "first delta p50 ms"),
+    ("first_delta_p99_ms", "first delta p99 ms"),
+    ("reply_p50_ms", "reply p50 ms"),
+    ("reply_p99_ms", "reply p99 ms"),
+    ("lost", "lost"),
+    ("duplicated", "dup"),
+    ("faults", "faults"),
+    ("other_cpu_pct", "other CPU %"),
+]
+
+
+def stream_markdown(by_system: dict[str, Any]) -> list[str]:
+    """The bot_stream table: per system a row before coalescing, one after, and their ratio."""
+    lines = [
+        "",
+        "Users talk to their own echo bots, which stream each reply word by word (the message's words, "
+        "`pace` seconds apart, as a language model streams tokens); the workers run with "
+        "`CHAT_DELTA_INTERVAL_MS=0` (*before*: one delta per piece), then with 50 ms (*after*: the default, pieces "
+        "within 50 ms go out as one delta), each on a fresh topology. Per reply: the deltas a client received, the "
+        "Redis publishes (PUBLISH/SPUBLISH, also those run inside scripts) and scripts and all commands "
+        "(`INFO commandstats` over the step), the gateway nodes' CPU (per delivered delta and per reply), the "
+        "workers' and Redis's. *first delta* and *reply*: from the send to the reply's first delta and to its final "
+        "message. *faults*: replies whose final text is not the sent text or not what their deltas spelled, or "
+        "whose deltas skipped or repeated a seq. *after / before*: below 1, coalescing saves.",
+        "",
+    ]
+    rows, saved = [], []
+    for system, result in by_system.items():
+        if "summary" not in result:
+            lines.append(f"- `{system}`: {result.get('error') or result.get('skipped')}")
+            continue
+        if "error" in result:
+            lines.append(f"- **`{system}` failed**: {result['error']}")
+        s = result["summary"]
+        for name, _ in bot_stream.SIDES:
+            rows.append([f"`{system}`", name] + [s[name].get(key) for key, _ in STREAM_COLUMNS])
+        ratios = {key: s.get(f"{key}_ratio") for key in bot_stream.RATIO_KEYS}
+        rows.append([f"`{system}`", "after / before"] + [ratios.get(key, "") for key, _ in STREAM_COLUMNS])
+        saved.append(
+            f"- `{system}`: each delta fewer per reply saved "
+            + ", ".join(
+                f"{_cell(s.get(f'{part}_cpu_us_per_delta_saved'))} µs of {title}"
+                for part, title in (("server", "the gateway nodes"), ("worker", "the workers"), ("redis", "Redis"))
+            )
+            + " (the drop in CPU per reply over the drop in deltas per reply)."
+        )
+    if rows:
+        lines += _table(["system", "coalescing"] + [title for _, title in STREAM_COLUMNS], rows)
+        lines += [*saved, ""]
+    return lines
 
 
 def _nodes_cell(value: Any, capped: bool) -> str:
@@ -339,8 +405,8 @@ def _panels(results: dict[str, Any], systems: list[str], axes: Any) -> None:
             ax.minorticks_off()
     # The idle scenario's one message per room checks liveness; its CPU per delivery is not a throughput figure.
     # Scale's figures are per node count: they get panels of their own.
-    # The storm's costs are per connection: it has panels of its own too.
-    own = ("idle", SCALE, STORM)
+    # The storm's costs are per connection: it has panels of its own too. bot_stream's are per reply and delta.
+    own = ("idle", SCALE, STORM, bot_stream.NAME)
     scenarios = [s for s in results if s not in own and any("summary" in r for r in results[s].values())]
     width = 0.8 / max(len(systems), 1)
     for i, system in enumerate(systems):

@@ -92,6 +92,34 @@ class Tally:
         self.latency.merge(other.latency)
 
 
+@dataclass
+class StreamTally:
+    """What the streamed bot replies of one step came to: their deltas, and whether each added up.
+
+    A client keeps, per reply, the text its deltas spelled so far (see docs/protocol.md, "Streamed
+    replies"); the final message must equal it, and the sent text.
+    """
+
+    deltas: int = 0  # delta frames received
+    snapshots: int = 0  # stream frames (the text so far on join, or a new attempt starting again)
+    gaps: int = 0  # deltas that skipped a seq
+    repeats: int = 0  # deltas of a seq (or an attempt) the client had already passed
+    broken: int = 0  # final messages whose text is not what the deltas spelled
+    unstreamed: int = 0  # final bot messages with no delta before them
+    wrong_text: int = 0  # bot replies whose text is not the text that was sent
+    first_delta: Histogram = field(default_factory=Histogram)  # from the send to the reply's first delta
+
+    def merge(self, other: StreamTally) -> None:
+        self.deltas += other.deltas
+        self.snapshots += other.snapshots
+        self.gaps += other.gaps
+        self.repeats += other.repeats
+        self.broken += other.broken
+        self.unstreamed += other.unstreamed
+        self.wrong_text += other.wrong_text
+        self.first_delta.merge(other.first_delta)
+
+
 class Seen:
     """One receiving connection's record of which (sender, seq) it got in the current step."""
 

@@ -10,10 +10,11 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench import ours
 from bench.procs import Proc, RedisServer, free_port
@@ -54,7 +55,8 @@ class System:
     def node_cwd(self) -> Path:
         return Path(__file__).resolve().parent.parent
 
-    def worker(self, redis_url: str, number: int) -> Proc:
+    def worker(self, redis_url: str, number: int, env: Mapping[str, str] | None = None) -> Proc:
+        """Start bot worker ``number``, with ``env`` added to its environment."""
         raise NotImplementedError(f"{self.name} has no bot workers")
 
     def url(self, port: int, user: str) -> str:
@@ -69,8 +71,10 @@ class System:
         return [None] * len(rooms)
 
     @contextmanager
-    def running(self, nodes: int = 2, workers: int = 0) -> Iterator[Topology]:
-        """Start Redis, ``nodes`` server nodes and ``workers`` workers; stop them all on exit."""
+    def running(
+        self, nodes: int = 2, workers: int = 0, worker_env: Mapping[str, str] | None = None
+    ) -> Iterator[Topology]:
+        """Start Redis, ``nodes`` server nodes and ``workers`` workers (``worker_env`` added to theirs); stop them all on exit."""
         redis = RedisServer()
         topology = Topology(redis, [], [])
         try:
@@ -81,7 +85,7 @@ class System:
                 topology.nodes.append(proc)
                 topology.ports.append(port)
                 proc.wait_port(port)
-            topology.workers.extend(self.worker(redis.url, number) for number in range(workers))
+            topology.workers.extend(self.worker(redis.url, number, worker_env) for number in range(workers))
             yield topology
         finally:
             for proc in reversed(topology.processes()):
@@ -116,10 +120,12 @@ class Ours(System):
     def node_args(self, port: int, redis_url: str, number: int) -> list[str]:
         return [sys.executable, "-m", "gateway", "--port", str(port), "--node-id", f"gw{number + 1}"]
 
-    def worker(self, redis_url: str, number: int) -> Proc:
+    def worker(self, redis_url: str, number: int, env: Mapping[str, str] | None = None) -> Proc:
         port = free_port()
         args = [sys.executable, "-m", "worker", "--node-id", f"worker{number + 1}", "--metrics-port", str(port)]
-        proc = Proc(args, name=f"ours-worker-{number}", env=self.node_env(redis_url), cwd=self.node_cwd())
+        proc = Proc(
+            args, name=f"ours-worker-{number}", env={**self.node_env(redis_url), **(env or {})}, cwd=self.node_cwd()
+        )
         proc.wait_port(port)
         return proc
 
@@ -134,8 +140,8 @@ class Ours(System):
         ids: list[str | None] = [*await ours.post_messages(f"http://127.0.0.1:{port}", rooms)]
         return ids
 
-    async def make_bot_rooms(self, port: int, users: list[str]) -> list[str]:
-        return await ours.make_bot_rooms(f"http://127.0.0.1:{port}", users)
+    async def make_bot_rooms(self, port: int, users: list[str], config: dict[str, Any] | None = None) -> list[str]:
+        return await ours.make_bot_rooms(f"http://127.0.0.1:{port}", users, config)
 
 
 class Bare(System):

@@ -8,11 +8,31 @@ as text Engine.IO v4 / Socket.IO v5: ``0{...}`` open, ``40`` connect, ``42[...]`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import orjson
 
-MESSAGE, REPLY, ANSWER = 0, 1, 2  # what decode() found: a room message, a bot's reply, a frame to send back
+# What decode() found: a room message, a bot's reply, a frame to send back, a piece of a streamed reply.
+MESSAGE, REPLY, ANSWER, PIECE = 0, 1, 2, 3
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A ``delta`` or ``stream`` frame of a streamed bot reply, or the reply's final ``message``.
+
+    ``frame`` says which; decode() gives a final message as (REPLY, Piece) when it names the
+    request it answers, so that its text can be held against what the deltas spelled.
+    """
+
+    frame: str  # "delta", "stream" or "message"
+    reply_to: str
+    text: str
+    attempt: int = 0
+    seq: int = 0
+
+
+Event = tuple[int, str] | tuple[int, Piece]
 
 
 class WireError(Exception):
@@ -46,8 +66,12 @@ class Wire:
     def message_frame(self, room: str, text: str) -> str:
         return orjson.dumps({"type": "message", "room": room, "text": text}).decode()
 
-    def decode(self, data: str) -> tuple[int, str] | None:
-        """(MESSAGE or REPLY, text) for a delivery, (ANSWER, frame) for a frame to send back, else None."""
+    def decode(self, data: str) -> Event | None:
+        """(MESSAGE or REPLY, text) for a delivery, (ANSWER, frame) for a frame to send back, else None.
+
+        A dialect with streamed replies gives (PIECE, Piece) for their pieces and (REPLY, Piece) for
+        a final reply that names its request.
+        """
         frame = orjson.loads(data)
         if frame.get("type") == "message":
             return MESSAGE, frame["text"]
@@ -78,12 +102,18 @@ class OursWire(Wire):
             frame["since"] = since  # resume after the last message the client holds, as after a reconnect
         return orjson.dumps(frame).decode()
 
-    def decode(self, data: str) -> tuple[int, str] | None:
+    def decode(self, data: str) -> Event | None:
         frame = orjson.loads(data)
-        if frame.get("type") != "message":
-            return None
-        sender = frame.get("from") or {}
-        return (REPLY if sender.get("kind") == "bot" else MESSAGE), frame["text"]
+        kind = frame.get("type")
+        if kind == "message":
+            sender = frame.get("from") or {}
+            if sender.get("kind") != "bot":
+                return MESSAGE, frame["text"]
+            reply_to = frame.get("reply_to")
+            return REPLY, (frame["text"] if reply_to is None else Piece("message", reply_to, frame["text"]))
+        if kind == "delta" or kind == "stream":
+            return PIECE, Piece(kind, frame["reply_to"], frame["text"], frame["attempt"], frame["seq"])
+        return None
 
 
 class SocketIOWire(Wire):
@@ -118,7 +148,7 @@ class SocketIOWire(Wire):
     def message_frame(self, room: str, text: str) -> str:
         return "42" + orjson.dumps(["message", {"room": room, "text": text}]).decode()
 
-    def decode(self, data: str) -> tuple[int, str] | None:
+    def decode(self, data: str) -> Event | None:
         if data.startswith("42["):
             event = orjson.loads(data[2:])
             if event[0] == "message":

@@ -118,7 +118,7 @@ async def test_failed_connections_are_counted_and_bounded_by_the_deadline() -> N
         silent.listen(8)  # the kernel completes the TCP handshake; nobody ever answers the upgrade
         urls = [f"ws://127.0.0.1:{sock.getsockname()[1]}/ws" for sock in (refused, silent)]
         gen = Generator()
-        answer = await gen.connect("bare", [Member(i, url, "r") for i, url in enumerate(urls)], 4, 0, deadline=0.3)
+        answer = await gen.connect("bare", [Member(i, url, "r") for i, url in enumerate(urls)], 4, "", deadline=0.3)
     assert answer["connected"] == 0
     assert answer["failed"] == 2
     assert answer["error_kinds"] == {"ConnectionRefusedError": 1, "TimeoutError": 1}
