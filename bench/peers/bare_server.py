@@ -103,7 +103,7 @@ async def background(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    await node.pubsub.aclose()
+    await node.pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose untyped
     await node.redis.aclose()
 
 

@@ -13,7 +13,7 @@ import argparse
 from typing import Any
 from urllib.parse import parse_qs
 
-import socketio
+import socketio  # type: ignore[import-untyped]  # python-socketio ships no type hints
 import uvloop
 from aiohttp import web
 
@@ -23,20 +23,20 @@ def build(redis_url: str) -> web.Application:
     sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=manager, cors_allowed_origins="*")
     users: dict[str, str] = {}  # sid -> user, from the handshake
 
-    @sio.event
+    @sio.event  # type: ignore[untyped-decorator]
     async def connect(sid: str, environ: dict[str, Any]) -> None:
         users[sid] = parse_qs(environ.get("QUERY_STRING", "")).get("user", ["anonymous"])[0]
 
-    @sio.event
+    @sio.event  # type: ignore[untyped-decorator]
     async def disconnect(sid: str, *args: Any) -> None:
         users.pop(sid, None)
 
-    @sio.event
+    @sio.event  # type: ignore[untyped-decorator]
     async def join(sid: str, room: str) -> bool:
         await sio.enter_room(sid, room)
         return True
 
-    @sio.event
+    @sio.event  # type: ignore[untyped-decorator]
     async def message(sid: str, data: dict[str, Any]) -> None:
         room = data["room"]
         await sio.emit("message", {"room": room, "from": users.get(sid), "text": data["text"]}, room=room)
