@@ -202,6 +202,7 @@ async def bot(system: System, drive: Drive, sizes: Sizes) -> dict[str, Any]:
     summary = _summary(steps[-1], steps, setup["rss_per_conn_kb"])
     for key in ("reply_p50_ms", "reply_p99_ms", "reply_max_ms", "worker_cpu_us_per_reply"):
         summary[key] = steps[-1].get(key)
+    summary["replies_wrong"] = sum(s.get("replies_wrong", 0) for s in steps)  # not the text that was sent
     summary["bot_rate"] = steps[-1]["rate"]
     return {"summary": summary, "setup": setup, "steps": steps}
 
