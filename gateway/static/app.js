@@ -2,10 +2,11 @@
 // Text from the server is only ever put in the DOM with textContent. The token lives in
 // sessionStorage and in the client; it is never written to the DOM or the console.
 
-import { ChatClient, decodeJwtPayload } from "./chat-client.js";
+import { ChatClient, decodeJwtPayload, nextReply } from "./chat-client.js";
 
 const TOKEN_KEY = "chat.token";
 const DEV_USER_KEY = "chat.devUser";
+const ROOM_KEY = "chat.room"; // the open room, so that a reload shows it again (a reply in progress included)
 const TYPING_EXPIRY_MS = 8_000; // the server clears typing after 6 s; this only guards lost frames
 const HISTORY_LIMIT = 50;
 
@@ -25,18 +26,19 @@ const PROGRESS_LABELS = {
   executing: "executing…",
   done: "done",
   failed: "failed",
+  cancelled: "stopped",
 };
 
 const view = {
   client: null,
-  me: { id: null, name: null },
+  me: { id: null, name: null, admin: false },
   bots: new Map(),
   room: null,
   members: new Map(),
   memberCount: 0,
   typers: new Map(),
   progress: new Map(), // user message id -> {state, detail}
-  streams: new Map(), // reply_to -> growing bot bubble
+  streams: new Map(), // reply_to -> {li, reply}: a bot reply being written (reply as nextReply() keeps it)
 };
 
 // ---- sign-in ------------------------------------------------------------------------------------
@@ -99,7 +101,8 @@ function start(token, devUser) {
   if (devUser) sessionStorage.setItem(DEV_USER_KEY, devUser);
   else sessionStorage.removeItem(DEV_USER_KEY);
   const claims = decodeJwtPayload(token) ?? {};
-  view.me = { id: claims.sub ?? null, name: claims.name ?? claims.sub ?? "me" };
+  const admin = Array.isArray(claims.roles) && claims.roles.includes("admin");
+  view.me = { id: claims.sub ?? null, name: claims.name ?? claims.sub ?? "me", admin };
   const onTokenRefresh = devUser
     ? async () => {
         const fresh = await devLogin(devUser);
@@ -116,7 +119,13 @@ function start(token, devUser) {
   $("me").hidden = false;
   $("me-name").textContent = view.me.name;
   client.connect();
-  loadBots().catch(showError);
+  loadBots()
+    .then(() => {
+      const room = sessionStorage.getItem(ROOM_KEY);
+      if (room && view.bots.has(room)) return openRoom(room);
+      sessionStorage.removeItem(ROOM_KEY);
+    })
+    .catch(showError);
 }
 
 function signOut(message = "") {
@@ -125,6 +134,7 @@ function signOut(message = "") {
   view.room = null;
   sessionStorage.removeItem(TOKEN_KEY);
   sessionStorage.removeItem(DEV_USER_KEY);
+  sessionStorage.removeItem(ROOM_KEY);
   showRoom(false);
   showSignIn({ devAvailable: true, error: message });
 }
@@ -142,7 +152,7 @@ function subscribe(client) {
   });
   client.on("welcome", (f) => {
     const user = f.user;
-    if (user && typeof user === "object") view.me = { id: user.id, name: user.name ?? user.id };
+    if (user && typeof user === "object") view.me = { ...view.me, id: user.id, name: user.name ?? user.id };
     else if (user) view.me.id = user;
     $("me-name").textContent = view.me.name;
   });
@@ -153,7 +163,8 @@ function subscribe(client) {
     // a request that waits for a stopped bot arrives marked, instead of with a separate status frame
     if (m.queued) onStatus({ room: m.room, message_id: m.id, state: "queued" });
   });
-  client.on("delta", onDelta);
+  client.on("delta", (d) => onReply(d, "append"));
+  client.on("stream", (s) => onReply(s, "replace"));
   client.on("typing", onTyping);
   client.on("presence", onPresence);
   client.on("status", onStatus);
@@ -176,19 +187,86 @@ function onJoined(f) {
   renderRoomHead();
 }
 
-function onDelta(d) {
-  if (d.room !== view.room || d.reply_to == null) return;
-  if (messageByReply(d.reply_to)) return; // the final message is already here
-  let li = view.streams.get(String(d.reply_to));
-  if (!li) {
-    li = messageElement({ from: { kind: "bot", id: view.room }, text: "", ts: Date.now() });
+// A piece of a bot's reply (`delta`) or its text so far (`stream`, after a join or a new attempt).
+function onReply(f, mode) {
+  if (f.room !== view.room || f.reply_to == null) return;
+  const replyTo = String(f.reply_to);
+  if (messageByReply(replyTo)) return; // the final message is already here
+  let entry = view.streams.get(replyTo);
+  if (!entry) {
+    const li = messageElement({ from: { kind: "bot", id: view.room }, text: "", ts: Date.now() });
     li.dataset.streaming = "true";
-    li.dataset.replyTo = String(d.reply_to);
-    view.streams.set(String(d.reply_to), li);
+    li.dataset.replyTo = replyTo;
+    entry = { li, reply: undefined };
+    view.streams.set(replyTo, entry);
     appendMessage(li);
   }
-  li.querySelector(".bubble").textContent += d.text ?? "";
+  const change = { replyTo, text: f.text ?? "", mode, attempt: f.attempt, seq: f.seq };
+  entry.reply = nextReply(entry.reply, change);
+  entry.li.querySelector(".bubble").textContent = entry.reply.text;
+  renderStop(entry);
   keepAtBottom();
+}
+
+// The reply ended without a complete message (failed, or cancelled before any text was stored).
+function endStream(replyTo, state) {
+  const entry = view.streams.get(replyTo);
+  if (!entry || entry.li.dataset.streaming !== "true") return;
+  entry.li.dataset.streaming = state;
+  entry.reply = { ...entry.reply, state };
+  renderStop(entry);
+  addNote(entry.li, state === "cancelled" ? "stopped" : "the bot failed to finish this reply");
+}
+
+/** Stop is offered while the reply streams, to the user who asked, the bot's owner and admins. */
+function canCancel(replyTo) {
+  if (view.me.admin) return true;
+  if (view.bots.get(view.room)?.owner === view.me.id) return true;
+  return messageById(replyTo)?.dataset.own === "true";
+}
+
+function renderStop(entry) {
+  const { li, reply } = entry;
+  let button = li.querySelector('[data-testid="reply-stop"]');
+  const wanted = li.dataset.streaming === "true" && canCancel(reply.replyTo);
+  if (!wanted) {
+    button?.remove();
+    return;
+  }
+  if (button) return;
+  button = document.createElement("button");
+  button.type = "button";
+  button.className = "reply-stop";
+  button.dataset.testid = "reply-stop";
+  button.textContent = "Stop";
+  button.title = "Stop this reply";
+  button.addEventListener("click", () => stopReply(reply.replyTo, button));
+  li.append(button);
+}
+
+async function stopReply(replyTo, button) {
+  const room = view.room;
+  button.disabled = true;
+  button.textContent = "Stopping…";
+  try {
+    await view.client.cancel(room, replyTo);
+  } catch (err) {
+    if (err?.code === "conflict") return; // it ended meanwhile: its final message is on the way
+    button.disabled = false;
+    button.textContent = "Stop";
+    showError(err);
+  }
+}
+
+function addNote(li, text) {
+  let note = li.querySelector('[data-testid="message-note"]');
+  if (!note) {
+    note = document.createElement("div");
+    note.className = "note";
+    note.dataset.testid = "message-note";
+    li.append(note);
+  }
+  note.textContent = text;
 }
 
 function onTyping(f) {
@@ -226,6 +304,7 @@ function onStatus(f) {
   if (f.room !== view.room || f.message_id == null) return;
   view.progress.set(String(f.message_id), { state: f.state, detail: f.detail ?? "" });
   applyProgress(String(f.message_id));
+  if (f.state === "failed" || f.state === "cancelled") endStream(String(f.message_id), f.state);
 }
 
 function onBotStatus(f) {
@@ -309,6 +388,7 @@ async function openRoom(id) {
   const client = view.client;
   if (view.room) client.leave(view.room).catch(() => {});
   view.room = id;
+  sessionStorage.setItem(ROOM_KEY, id);
   resetRoom();
   showRoom(true);
   renderBotList();
@@ -330,7 +410,7 @@ async function reloadHistory(id) {
   const h = await view.client.history(id, { limit: HISTORY_LIMIT });
   if (view.room !== id) return;
   const list = $("messages");
-  const keep = [...list.querySelectorAll('[data-pending="true"], [data-streaming="true"]')];
+  const keep = [...list.querySelectorAll('[data-pending="true"], [data-streaming]')];
   list.replaceChildren();
   for (const m of h.messages ?? []) renderMessage(m);
   list.append(...keep);
@@ -442,6 +522,10 @@ function messageElement(m) {
   bubble.dataset.testid = "message-text";
   bubble.textContent = m.text ?? "";
   li.append(meta, bubble);
+  if (m.state === "cancelled") {
+    li.dataset.state = "cancelled";
+    addNote(li, "stopped");
+  }
   if (from.kind === "user") {
     const progress = document.createElement("div");
     progress.className = "progress";
@@ -458,7 +542,7 @@ function renderMessage(m) {
   const stream = m.reply_to != null ? view.streams.get(String(m.reply_to)) : null;
   if (stream) {
     view.streams.delete(String(m.reply_to));
-    stream.replaceWith(li);
+    stream.li.replaceWith(li);
   } else {
     appendMessage(li);
   }
@@ -471,7 +555,12 @@ function renderMessage(m) {
     }
     renderTyping();
   }
-  if (m.id != null) applyProgress(String(m.id));
+  if (m.id != null) {
+    applyProgress(String(m.id));
+    // the user message a streamed reply answers may arrive after it: Stop may be offered now
+    const answer = m.from?.kind === "user" ? view.streams.get(String(m.id)) : undefined;
+    if (answer) renderStop(answer);
+  }
   keepAtBottom();
 }
 
@@ -527,6 +616,8 @@ async function sendMessage(event) {
     li.querySelector("time").textContent = formatTime(ts);
     li.querySelector(".progress").hidden = true;
     applyProgress(String(id));
+    const answer = view.streams.get(String(id));
+    if (answer) renderStop(answer);
   } catch (err) {
     li.dataset.pending = "failed";
     setProgress(li, "failed", err.message);
