@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -31,6 +33,13 @@ PACKAGE = ROOT / "clients" / "js"
 EXAMPLE = PACKAGE / "examples" / "react-chat"
 SCREENSHOT = EXAMPLE / "screenshot.png"
 NPM = shutil.which("npm")
+LONG_TEXT = " ".join(f"word{i}" for i in range(40))
+
+
+@pytest.fixture
+def screenshot_path(tmp_path: Path) -> Path:
+    """Where the test saves its screenshot: the committed one only with CHAT_UPDATE_SCREENSHOT=1."""
+    return SCREENSHOT if os.environ.get("CHAT_UPDATE_SCREENSHOT") == "1" else tmp_path / "screenshot.png"
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +128,7 @@ async def streaming_bot(gateway: GatewayNode, token: str) -> AsyncIterator[tuple
         yield bot, release
 
 
-async def test_react_example_chats_streams_and_resumes(gateway, example_url, new_tab):
+async def test_react_example_chats_streams_and_resumes(gateway, example_url, new_tab, screenshot_path):
     """BotChat joins, sends, streams a reply, shows typing, stops and starts the bot, and resumes a killed socket."""
     alice = make_token("alice", name="Alice", roles=["admin"])
     async with streaming_bot(gateway, alice) as (bot, release), aiohttp.ClientSession() as session:
@@ -156,7 +165,7 @@ async def test_react_example_chats_streams_and_resumes(gateway, example_url, new
         await expect(page.get_by_test_id("presence-count")).to_have_text("2", timeout=TIMEOUT_MS)
         await bob.send({"type": "typing", "room": room, "state": True})
         await expect(page.get_by_test_id("typing-text")).to_have_text("Bob is typing", timeout=TIMEOUT_MS)
-        await page.screenshot(path=str(SCREENSHOT), animations="disabled")
+        await page.screenshot(path=str(screenshot_path), animations="disabled")
         await bob.send({"type": "typing", "room": room, "state": False})
         await expect(typing).to_be_hidden(timeout=TIMEOUT_MS)
 
@@ -216,3 +225,29 @@ async def test_react_example_falls_back_to_http_while_the_socket_is_refused(gate
     await expect(conn).to_have_attribute("data-state", "open", timeout=TIMEOUT_MS * 2)
     await send(page, "live again")
     await expect(stored(page)).to_have_text(["over plain HTTP"] * 2 + ["live again"] * 2, timeout=TIMEOUT_MS)
+
+
+async def test_react_example_stops_a_streaming_reply(gateway, example_url, new_tab):
+    """BotChat offers Stop while the bot's reply streams; Stop ends it as cancelled with its text so far."""
+    uma = make_token("uma", name="Uma")
+    bot = await api(gateway, uma, "POST", "/api/bots", {"name": "Pacer", "kind": "echo", "config": {"pace": 0.1}})
+    await api(gateway, uma, "POST", f"/api/bots/{bot['id']}/start")
+    page = (await new_tab()).page
+    await open_room(page, example_url, uma, bot)
+    await send(page, LONG_TEXT)
+    streaming = page.locator('[data-testid="message"][data-streaming="streaming"] [data-testid="message-text"]')
+    await expect(streaming).to_have_text(re.compile(r"^word0 word1 word2 "), timeout=TIMEOUT_MS)
+    shown = await streaming.text_content()
+    await page.get_by_test_id("reply-stop").click()
+
+    cancelled = page.locator('[data-testid="message"][data-state="cancelled"]')
+    await expect(cancelled).to_have_count(1, timeout=TIMEOUT_MS)
+    await expect(cancelled.get_by_test_id("message-note")).to_have_text("stopped")
+    await expect(streaming).to_have_count(0)
+    await expect(page.get_by_test_id("reply-stop")).to_have_count(0)
+    await expect(page.get_by_test_id("message-progress")).to_have_attribute("data-state", "cancelled")
+    partial = await cancelled.get_by_test_id("message-text").text_content()
+    assert partial.startswith(shown)
+    assert len(partial.rstrip()) < len(LONG_TEXT)
+    history = (await api(gateway, uma, "GET", f"/api/bots/{bot['id']}/messages"))["messages"]
+    assert [(m["text"], m.get("state")) for m in history] == [(LONG_TEXT, None), (partial, "cancelled")]

@@ -1,11 +1,11 @@
 // BotChat: a chat with one bot, on useChat(). Copy it into your app and style it as you like.
 //
 // It shows the messages (yours, other people's, the bot's), the bot's reply growing while it is
-// written, who is typing, who is here, the bot's status with start and stop buttons, the
-// connection state, and messages still waiting to be stored.
+// written with a Stop button, who is typing, who is here, the bot's status with start and stop
+// buttons, the connection state, and messages still waiting to be stored.
 
 import { type FormEvent, type KeyboardEvent, useEffect, useRef, useState } from "react";
-import type { MessageFrame, ReplyStream } from "@chat-gateway/client";
+import { decodeJwtPayload, type MessageFrame, type ReplyStream } from "@chat-gateway/client";
 import { useChat } from "@chat-gateway/client/react";
 
 export interface BotChatProps {
@@ -24,6 +24,18 @@ const CONNECTION_LABELS: Record<string, string> = {
 export function BotChat({ bot }: BotChatProps) {
   const chat = useChat(bot);
   const [draft, setDraft] = useState("");
+  const [owner, setOwner] = useState<string | null>(null);
+  const [stopping, setStopping] = useState<ReadonlySet<string>>(new Set());
+  useEffect(() => {
+    let current = true;
+    chat.client.getBot(bot).then(
+      (b) => current && setOwner(b.owner),
+      () => undefined,
+    );
+    return () => {
+      current = false;
+    };
+  }, [chat.client, bot]);
   const end = useRef<HTMLLIElement>(null);
   const count = chat.messages.length + chat.replies.length + chat.pending.length;
   useEffect(() => {
@@ -44,6 +56,23 @@ export function BotChat({ bot }: BotChatProps) {
   const canStart = status === "stopped" || status === "error";
   const canStop = status === "running" || status === "starting";
   const typingNames = chat.typing.map((s) => s.name ?? s.id);
+
+  // Stop is offered to the user who asked, the bot's owner and admins, while the reply streams.
+  const roles = decodeJwtPayload(chat.client.token)?.["roles"];
+  const mayCancelAll = (chat.me !== null && chat.me === owner) || (Array.isArray(roles) && roles.includes("admin"));
+  const canCancel = (replyTo: string) =>
+    mayCancelAll || chat.messages.some((m) => m.id === replyTo && m.from.kind === "user" && m.from.id === chat.me);
+  const stop = (replyTo: string) => {
+    setStopping((s) => new Set(s).add(replyTo));
+    chat.cancel(replyTo).catch(() => {
+      // `conflict`: it ended meanwhile and its final message is on the way; otherwise offer Stop again
+      setStopping((s) => {
+        const next = new Set(s);
+        next.delete(replyTo);
+        return next;
+      });
+    });
+  };
 
   return (
     <section className="bot-chat" data-testid="bot-chat" data-room-status={chat.status}>
@@ -79,7 +108,13 @@ export function BotChat({ bot }: BotChatProps) {
           />
         ))}
         {chat.replies.map((r) => (
-          <Streaming key={r.replyTo} reply={r} name={chat.bot?.name ?? "bot"} />
+          <Streaming
+            key={r.replyTo}
+            reply={r}
+            name={chat.bot?.name ?? "bot"}
+            stopping={stopping.has(r.replyTo)}
+            onStop={canCancel(r.replyTo) ? () => stop(r.replyTo) : undefined}
+          />
         ))}
         {chat.pending.map((p) => (
           <li key={p.key} className="message own" data-testid="message" data-kind="user" data-own="true" data-pending={p.state}>
@@ -140,12 +175,13 @@ function Message({ message, own, progress, detail }: MessageProps) {
       data-kind={kind}
       data-own={String(own)}
       data-id={message.id}
+      data-state={message.state}
     >
       {!own ? <small className="author">{message.from.name ?? message.from.id}</small> : null}
       <span className="bubble" data-testid="message-text">
         {message.text}
       </span>
-      {message.state === "cancelled" ? <small>stopped</small> : null}
+      {message.state === "cancelled" ? <small data-testid="message-note">stopped</small> : null}
       {own && progress ? (
         <small className="progress" data-testid="message-progress" data-state={progress} title={detail}>
           {progress === "failed" && detail ? `failed: ${detail}` : progress}
@@ -155,14 +191,37 @@ function Message({ message, own, progress, detail }: MessageProps) {
   );
 }
 
-function Streaming({ reply, name }: { reply: ReplyStream; name: string }) {
+interface StreamingProps {
+  reply: ReplyStream;
+  name: string;
+  /** A cancel was asked for and has not been answered yet. */
+  stopping: boolean;
+  /** Given when this user may stop the reply. */
+  onStop: (() => void) | undefined;
+}
+
+function Streaming({ reply, name, stopping, onStop }: StreamingProps) {
+  const streaming = reply.state === "streaming";
   return (
-    <li className="message bot" data-testid="message" data-kind="bot" data-own="false" data-streaming={reply.state}>
+    <li
+      className="message bot"
+      data-testid="message"
+      data-kind="bot"
+      data-own="false"
+      data-streaming={reply.state}
+      data-reply-to={reply.replyTo}
+    >
       <small className="author">{name}</small>
       <span className="bubble" data-testid="message-text">
         {reply.text}
+        {streaming ? <span className="cursor" aria-hidden="true" /> : null}
       </span>
-      {reply.state === "streaming" ? <span className="cursor" aria-hidden="true" /> : <small>{reply.state}</small>}
+      {streaming && onStop ? (
+        <button type="button" className="reply-stop" data-testid="reply-stop" disabled={stopping} onClick={onStop}>
+          {stopping ? "Stopping…" : "Stop"}
+        </button>
+      ) : null}
+      {!streaming ? <small data-testid="message-note">{reply.state === "cancelled" ? "stopped" : reply.state}</small> : null}
     </li>
   );
 }
