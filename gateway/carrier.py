@@ -132,7 +132,11 @@ class Carrier:
             replay, last_id, recovered = page.entries, page.last_id, page.complete
         else:
             replay, last_id, recovered = [], await history.last_id(room), False
-        return ev.RoomOpened(effect, presence.members, presence.count, presence.changed, replay, last_id, recovered)
+        # after history: a reply that ends meanwhile is then a live message, never a snapshot after its message
+        streams = await self._broker.replies.in_flight(room)
+        return ev.RoomOpened(
+            effect, presence.members, presence.count, presence.changed, replay, last_id, recovered, streams
+        )
 
     async def leave_room(self, connection: Connection, room: str) -> None:
         """Stop delivering the room here; the others hear when the user's last connection left."""
