@@ -55,6 +55,9 @@ class RequestHandler:
         self.delta_interval = settings.delta_interval_ms / 1000
         # the task answering each request here and its context, so a cancel can stop the kind
         self._answering: dict[tuple[str, str], tuple[asyncio.Task[object], RequestContext]] = {}
+        # requests found cancelled or replaced when this worker took them: their kind may have begun,
+        # but what it wrote is dropped, since a request that had not started gets no reply at all
+        self._unstarted: set[tuple[str, str]] = set()
         replies.on_cancel(self.cancel)
 
     def cancel(self, room: str, message_id: str, *, announce: bool = True, because: str | None = None) -> None:
@@ -77,6 +80,8 @@ class RequestHandler:
         except (BrokerUnavailable, OSError) as exc:
             log.warning("could not announce a request: %s", exc)  # the reply's append checks the cancel again
             return
+        if mark is not None and (request.bot, request.message_id) in self._answering:
+            self._unstarted.add((request.bot, request.message_id))  # read when the kind has stopped
         if mark == "superseded":
             self.cancel(request.bot, request.message_id, because=SUPERSEDED)
         elif mark is not None:
@@ -113,13 +118,20 @@ class RequestHandler:
             raise
         finally:
             ctx.close()
+            unstarted = (request.bot, request.message_id) in self._unstarted
+            self._unstarted.discard((request.bot, request.message_id))
         if outcome is None:
             self.metrics.finished(kind, "abandoned", time.monotonic() - started)
             return False
         request, reply, failure = outcome
         if failure == CANCELLED:
             await self._answer(
-                served, request, reply, state=CANCELLED, announce=ctx.announce_cancel, detail=ctx.cancel_reason
+                served,
+                request,
+                None if unstarted else reply,
+                state=CANCELLED,
+                announce=ctx.announce_cancel,
+                detail=ctx.cancel_reason,
             )
             self.metrics.finished(kind, CANCELLED, time.monotonic() - started)
             return True
