@@ -359,9 +359,13 @@ async function createBot(event) {
   event.preventDefault();
   const name = $("bot-name").value.trim();
   const delay = Number($("bot-delay").value);
+  const pace = Number($("bot-pace").value);
   if (!name) return;
+  const config = {};
+  if (delay > 0) config.delay = delay;
+  if (pace > 0) config.pace = pace; // streams the echo word by word: a reply to reload or stop
   try {
-    const bot = await view.client.createBot({ name, kind: "echo", config: delay > 0 ? { delay } : {} });
+    const bot = await view.client.createBot({ name, kind: "echo", config });
     $("bot-name").value = "";
     mergeBot(bot);
     await openRoom(bot.id);

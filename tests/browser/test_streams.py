@@ -13,7 +13,7 @@ import re
 import pytest
 from playwright.async_api import Page, WebSocketRoute, expect
 
-from tests.browser.test_page import api, bot_replies, open_room_as, send_on_page
+from tests.browser.test_page import api, bot_replies, ensure_running, open_room_as, send_on_page
 from tests.conftest import make_token
 from tests.procs import GatewayNode, scaled
 
@@ -60,13 +60,18 @@ async def history(gateway: GatewayNode, token: str, room: str) -> list[dict]:
 async def test_page_reloaded_mid_reply_shows_the_text_so_far_and_grows_it_to_the_end(gateway, new_tab):
     """After a reload mid-reply the page shows the text so far at once, then the rest, then the final reply."""
     token = make_token("rita", name="Rita")
-    bot = await pacing_bot(gateway, token, "Pacer")
     tab = await new_tab()
     page = tab.page
     await page.add_init_script(RECORD_REPLY_TEXTS)
     await page.goto(f"{gateway.url}/#token={token}")
-    await page.locator(f'[data-testid="bot-item"][data-bot-id="{bot["id"]}"]').click()
-    await expect(page.get_by_test_id("conn-state")).to_have_attribute("data-state", "open", timeout=TIMEOUT_MS)
+    await page.get_by_test_id("bot-name").fill("Pacer")
+    await page.get_by_test_id("bot-pace").fill("0.1")
+    await page.get_by_test_id("bot-create").click()
+    await expect(page.get_by_test_id("room-title")).to_have_text("Pacer")
+    await ensure_running(page)
+    room = await page.locator('[data-testid="bot-item"][aria-current="true"]').get_attribute("data-bot-id")
+    bot = await api(gateway, token, "GET", f"/api/bots/{room}")
+    assert bot["config"] == {"pace": 0.1}
     await send_on_page(page, LONG_TEXT)
     await expect(streaming_text(page)).to_have_text(words(4), timeout=TIMEOUT_MS)
     await expect(page.get_by_test_id("reply-stop")).to_be_visible()
