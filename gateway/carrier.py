@@ -59,6 +59,7 @@ class Carrier:
         self._counters = {
             "rate_limited": metrics.rate_limited,
             "messages_published": metrics.messages_published,
+            "deliveries": metrics.deliveries,
         }
 
     def count(self, effect: fx.Count) -> None:
@@ -93,8 +94,11 @@ class Carrier:
         match effect:
             case fx.Append(room=room, tail=tail, client_id=client_id):
                 sent = ClientId(user, client_id) if client_id is not None else None
-                appended = await broker.history.append(room, tail, request=True, client_id=sent)
-                return ev.Stored(effect, appended.id, appended.ts, appended.queued)
+                session_id = connection.session.id  # its copy goes out with the ack, in one write
+                appended = await broker.history.append(
+                    room, tail, request=True, client_id=sent, exclude_connection=session_id
+                )
+                return ev.Stored(effect, appended.id, appended.ts, appended.queued, appended.duplicate)
             case fx.LookUpRequest(room=room, message=message):
                 bot, info = await asyncio.gather(broker.registry.get(room), broker.replies.request(room, message))
                 return ev.RequestFound(effect, bot, info.sender, request_state(info))

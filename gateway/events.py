@@ -116,6 +116,7 @@ class Stored:
     id: str
     ts: int
     queued: bool
+    duplicate: bool = False  # a resend with a client id already stored: nothing was published now
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+STREAM_TEXT = ":text"  # the suffix of a reply's text key, after its hash's key
+
 
 @dataclass(frozen=True)
 class Keys:
@@ -52,8 +54,12 @@ class Keys:
         return f"{self.prefix}:{{{bot}}}:replied:{message_id}"
 
     def stream(self, room: str, reply_to: str) -> str:
-        """Hash of a reply being written: attempt ``a``, last piece ``s``, text so far ``t``."""
+        """Hash of a reply being written: attempt ``a``, its last piece kept ``s``."""
         return f"{self.prefix}:{{{room}}}:stream:{reply_to}"
+
+    def stream_text(self, room: str, reply_to: str) -> str:
+        """The text so far of a reply being written, appended to piece by piece."""
+        return self.stream(room, reply_to) + STREAM_TEXT
 
     def streams(self, room: str) -> str:
         """Set of the ``reply_to`` ids of the room's replies being written."""

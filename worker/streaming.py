@@ -1,7 +1,8 @@
 """The reply a bot streams: pieces gathered into deltas, kept for late joiners, in order.
 
 A language model produces a token every few milliseconds; a publish per token would cost the
-room a frame per token. Pieces written within ``interval`` seconds go out as one ``delta``,
+room a frame per token. A piece goes out at once when nothing was sent for ``interval`` seconds
+(so the first token is not held back); pieces that follow within ``interval`` go out as one ``delta``,
 through the broker's reply stream, which keeps the text so far for clients that join or reload
 mid-reply. Deltas take their place in the worker's one ordered line of room events (see
 :class:`worker.context.RoomEvents`), so they always come before the final message.
@@ -40,6 +41,7 @@ class ReplyWriter:
         self._seq = 0
         self._timer: asyncio.TimerHandle | None = None
         self._last: asyncio.Task[None] | None = None  # the newest push on its way
+        self._sent_at = -interval  # loop time of the last delta sent
 
     def restart(self) -> None:
         """Tell the room that this attempt starts the reply again (a worker died mid-reply, or a retry)."""
@@ -53,12 +55,16 @@ class ReplyWriter:
         self.text += piece
         self._pending.append(piece)
         self._pending_chars += len(piece)
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - self._sent_at >= self._interval
         if self._interval <= 0 or self._pending_chars >= BACKLOG_CHARS:
             self.send()
             if self._last is not None:
                 await asyncio.shield(self._last)  # a fast stream waits for the broker, not the other way
+        elif quiet and self._timer is None:
+            self.send()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._interval, self.send)
+            self._timer = loop.call_at(self._sent_at + self._interval, self.send)
 
     def send(self) -> None:
         """Send what is pending as one delta now (it goes out behind everything started before)."""
@@ -67,6 +73,7 @@ class ReplyWriter:
             self._timer = None
         if not self._pending:
             return
+        self._sent_at = asyncio.get_running_loop().time()
         piece = "".join(self._pending)
         self._pending.clear()
         self._pending_chars = 0

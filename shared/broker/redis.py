@@ -113,6 +113,7 @@ class RedisHistory:
         reply_to: str | None = None,
         client_id: ClientId | None = None,
         cancelled: bool = False,
+        exclude_connection: str = "",
     ) -> Appended:
         k = self.keys
         if client_id is not None:
@@ -127,13 +128,16 @@ class RedisHistory:
             k.stream(room, reply_to or "-"),
             k.streams(room),
             k.cancel(room, reply_to or "-"),
+            k.stream_text(room, reply_to or "-"),
         ]
         args = [
             k.channel(room),
             tail,
             protocol.compose_message(HOLE, tail),
             protocol.compose_message(HOLE, tail, queued=True) if request else b"",
-            PACKET_HEADER,
+            packets.pack(b"", message_id=HOLE, exclude_connection=exclude_connection)
+            if exclude_connection
+            else PACKET_HEADER,
             self.settings.history_max,
             int(self.settings.history_max_age * 1000),
             "1" if request else "0",

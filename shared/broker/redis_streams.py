@@ -18,7 +18,7 @@ from shared.broker.redis_link import CommandPipe, Script
 from shared.broker.redis_replies import text
 from shared.broker.redis_topology import Topology
 from shared.broker.redis_workers import RedisWorkerRoster, cancel_notice
-from shared.keys import Keys
+from shared.keys import STREAM_TEXT, Keys
 from shared.models import ReplyInFlight
 from shared.packets import StreamPosition
 from shared.settings import Settings
@@ -55,11 +55,13 @@ class RedisReplies:
             self.settings.stream_max_bytes,
             math.ceil(self.settings.stream_ttl * 1000),
         ]
-        return bool(await self.pipe.script(STREAM_PUSH, [k.stream(room, position.reply_to), k.streams(room)], args))
+        reply_to = position.reply_to
+        keys = [k.stream(room, reply_to), k.stream_text(room, reply_to), k.streams(room)]
+        return bool(await self.pipe.script(STREAM_PUSH, keys, args))
 
     async def in_flight(self, room: str) -> list[ReplyInFlight]:
         k = self.keys
-        flat = await self.pipe.script(STREAMS_READ, [k.streams(room)], [k.stream(room, "")])
+        flat = await self.pipe.script(STREAMS_READ, [k.streams(room)], [k.stream(room, ""), STREAM_TEXT])
         replies = []
         for i in range(0, len(flat), 4):
             reply_to, attempt, seq, written = (text(v) for v in flat[i : i + 4])
@@ -68,7 +70,7 @@ class RedisReplies:
 
     async def clear(self, room: str, reply_to: str) -> None:
         k = self.keys
-        await self.pipe.execute("DEL", k.stream(room, reply_to))
+        await self.pipe.execute("DEL", k.stream(room, reply_to), k.stream_text(room, reply_to))
         await self.pipe.execute("SREM", k.streams(room), reply_to)
 
     async def request(self, room: str, message_id: str) -> RequestInfo:

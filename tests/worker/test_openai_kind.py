@@ -515,7 +515,7 @@ async def test_an_openai_bot_answers_through_gateway_and_worker(
         reply = await client.expect("message", reply_to=ack["id"], timeout=10)
         await client.expect("status", message_id=ack["id"], state="done", timeout=10)
     deltas = [f["text"] for f in client.seen if f["type"] == "delta" and f["reply_to"] == ack["id"]]
-    assert deltas == PIECES
+    assert "".join(deltas) == "".join(PIECES)  # pieces close together may go out as one delta
     assert reply["text"] == "Hello, world"
     assert (reply["from"]["kind"], reply["from"]["id"]) == ("bot", bot)
     assert model.auth == [f"Bearer {KEY}"]

@@ -86,9 +86,14 @@ async def test_worker_process_answers_and_exports_metrics(driver: Rig, spawn: An
     message = await driver.send(bot, "over redis")
     await driver.wait_finished(bot, message)
     assert [r["text"] for r in driver.replies(bot)] == ["over redis"]
-    status, text = await scrape(proc)
-    assert status == 200
-    assert 'chat_worker_requests_total{kind="echo",outcome="done"} 1.0' in text
+    done = 'chat_worker_requests_total{kind="echo",outcome="done"} 1.0'
+
+    async def counted() -> str | None:  # counted once the ack returned, a moment after the room heard
+        status, text = await scrape(proc)
+        assert status == 200
+        return text if done in text else None
+
+    text = await driver.eventually(counted, "the finished request to be counted")
     assert gauge(text, "chat_worker_bots") == 1
     assert (await scrape(proc, "/healthz"))[0] == 200
     assert proc.terminate() == 0, proc.log()

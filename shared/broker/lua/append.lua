@@ -1,7 +1,8 @@
 -- Store a message in the room's history, publish it, and queue it for the bot: one round trip.
 -- KEYS: 1 history stream, 2 bot inbox stream, 3 bot hash, 4 the message's marker: "replied" of
 --       reply_to, or "sent" of the sender's client id, 5 the hash of reply_to's stream while it is
---       written, 6 the room's set of such streams, 7 the cancel marker of reply_to
+--       written, 6 the room's set of such streams, 7 the cancel marker of reply_to, 8 the text of
+--       reply_to's stream
 -- ARGV: 1 channel, 2 frame tail ("room":...}) kept in history,
 --       3 frame template, 4 frame template marked queued ("" unless a request),
 --       5 packet header template, 6 history max length, 7 max age in ms (0 = none),
@@ -66,7 +67,7 @@ if ARGV[9] == '1' then
 end
 if ARGV[14] ~= '' then
   -- a reply: the text that was being written is this message now, for joiners too
-  redis.call('DEL', KEYS[5])
+  redis.call('DEL', KEYS[5], KEYS[8])
   redis.call('SREM', KEYS[6], ARGV[14])
 end
 if ARGV[8] == '1' then
