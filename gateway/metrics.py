@@ -6,6 +6,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway.hot_counters import HotCounter, HotCounters
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -18,10 +20,11 @@ class GatewayMetrics:
         self.connections_closed = Counter(
             "chat_connections_closed", "WebSocket connections closed, by reason", ["reason"], registry=r
         )
-        self.frames_received = Counter("chat_frames_received", "Client frames received, by type", ["type"], registry=r)
-        self.frames_sent = Counter("chat_frames_sent", "Frames sent to clients, by type", ["type"], registry=r)
-        self.messages_published = Counter("chat_messages_published", "User messages stored and published", registry=r)
-        self.deliveries = Counter("chat_deliveries", "Room events written to local connections", registry=r)
+        hot = HotCounters(r)  # bumped per frame: plain integers, read when scraped
+        self.frames_received = hot.counter("chat_frames_received", "Client frames received, by type", ("type",))
+        self.frames_sent = hot.counter("chat_frames_sent", "Frames sent to clients, by type", ("type",))
+        self.messages_published = hot.counter("chat_messages_published", "User messages stored and published")
+        self.deliveries = hot.counter("chat_deliveries", "Room events written to local connections")
         self.fanout_duration = Histogram(
             "chat_fanout_duration_seconds",
             "Time to write one room event to every local member",
@@ -57,7 +60,7 @@ class GatewayMetrics:
             "Times the pub/sub link was rebuilt (reconnect, restarted read loop, moved slots) and rooms refilled",
             registry=r,
         )
-        self._sent: dict[str, Counter] = {}
+        self._sent: dict[str, HotCounter] = {}
 
     # -- hooks called from the hot paths: one call per event or per Redis round trip, never per member
     def delivered(self, frame: bytes, count: int, message_id: str, seconds: float) -> None:
