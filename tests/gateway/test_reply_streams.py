@@ -3,7 +3,8 @@
 A joiner on the other node gets the reply's text so far, then the rest; a cancel stops a reply
 before it starts, while it streams, and is refused after it ended; a resend with the same
 client_id is stored once; a worker killed mid-stream leaves the reply to another, which starts
-it again; a disconnect cancels nothing.
+it again; a disconnect cancels nothing. One test runs in-process nodes on both brokers; the
+rest start real processes (``slow``).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.app import BROKER
+from gateway.appkeys import METRICS
 from shared.settings import Settings
+from tests.nodes import Cluster
 from tests.procs import GatewayNode, RedisServer, WorkerProcess, make_token, scaled
 from tests.wsclient import ChatSocket
+from worker import embedded
 from worker.runner import reclaim_interval
-
-pytestmark = pytest.mark.slow
 
 PACE = 0.05  # seconds between the echo bot's words
 WORDS = " ".join(f"w{i}" for i in range(40))  # 40 words: a reply of about 2 s
@@ -194,6 +197,7 @@ async def bots_served(http: aiohttp.ClientSession, proc: WorkerProcess) -> float
 # -- joining mid-stream -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("since", [False, True], ids=["without-since", "since-the-request"])
 async def test_joiner_on_the_other_node_gets_the_text_so_far_then_the_rest(rig: Rig, since: bool) -> None:
     """A user joining on node B mid-reply gets one snapshot, then only the later deltas, then the message."""
@@ -229,9 +233,37 @@ async def test_joiner_on_the_other_node_gets_the_text_so_far_then_the_rest(rig: 
     assert not [f for f in bob.seen if f["type"] == "message" and f["id"] == request]  # since: nothing replayed
 
 
+async def test_joiner_on_another_node_gets_the_snapshot_on_both_brokers(cluster: Cluster) -> None:
+    """In-process nodes on the memory broker and on Redis: a join mid-reply gets one stream frame, then the rest."""
+    first, second = await cluster.node(), await cluster.node()
+    app = cluster.servers[0].app
+    settings = cluster.settings(node_id="worker", delta_interval_ms=0)
+    async with embedded.running(settings, app[BROKER], app[METRICS].registry, 1):
+        bot = (await cluster.bot(first, "alice", members=("bob",), config={"pace": PACE}))["id"]
+        status, _ = await cluster.api("POST", f"{first}/api/bots/{bot}/start", "alice")
+        assert status == 202
+        alice = await cluster.connect(first, "alice")
+        if (await alice.join(bot))["bot"]["status"] != "running":
+            await alice.expect("bot_status", status="running", timeout=10)
+        request = (await send(alice, bot, WORDS))["id"]
+        await deltas_arrive(alice, request, 3)
+        bob = await cluster.connect(second, "bob")
+        await bob.join(bot)
+        final = await bob.expect("message", reply_to=request, timeout=REPLY_TIMEOUT)
+        await alice.expect("message", reply_to=request, timeout=REPLY_TIMEOUT)
+    snapshot, *live, last = of_reply(bob.seen, request, "stream", "delta", "message")
+    assert (snapshot["type"], snapshot["attempt"]) == ("stream", 1)
+    assert snapshot["seq"] >= 3
+    assert last is final
+    assert [d["seq"] for d in live] == list(range(snapshot["seq"] + 1, snapshot["seq"] + 1 + len(live)))
+    assert snapshot["text"] == "".join(d["text"] for d in of_reply(alice.seen, request, "delta")[: snapshot["seq"]])
+    assert snapshot["text"] + "".join(d["text"] for d in live) == final["text"] == WORDS
+
+
 # -- cancel -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_cancel_of_a_queued_request_of_a_stopped_bot_means_it_is_never_answered(rig: Rig) -> None:
     """Cancel before the bot runs: cancel_ok, status cancelled; once started, the bot answers only what came next."""
     rig.worker()
@@ -253,6 +285,7 @@ async def test_cancel_of_a_queued_request_of_a_stopped_bot_means_it_is_never_ans
     assert replies == [reply["reply_to"]]
 
 
+@pytest.mark.slow
 async def test_cancel_of_a_request_waiting_behind_a_busy_bot_means_it_is_never_answered(rig: Rig) -> None:
     """Cancel of a request queued behind a streaming one: it is skipped; the next one is answered."""
     rig.worker()
@@ -274,6 +307,7 @@ async def test_cancel_of_a_request_waiting_behind_a_busy_bot_means_it_is_never_a
     assert replies == [first, third["reply_to"]]
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason="the worker's first delta goes out in the same round trip as the start that finds the cancel: "
@@ -293,6 +327,7 @@ async def test_a_request_cancelled_before_it_started_streams_nothing(rig: Rig) -
     assert of_reply(alice.seen, request, "delta", "stream", "message") == []
 
 
+@pytest.mark.slow
 async def test_cancel_mid_stream_stores_the_text_so_far_as_cancelled(rig: Rig) -> None:
     """Cancel while streaming: cancel_ok, a reply marked cancelled holding exactly the deltas sent, no done."""
     rig.worker()
@@ -325,6 +360,7 @@ async def test_cancel_mid_stream_stores_the_text_so_far_as_cancelled(rig: Rig) -
     assert stored == reply
 
 
+@pytest.mark.slow
 async def test_cancel_is_refused_after_the_end_to_others_and_for_unknown_ids(rig: Rig) -> None:
     """conflict after the end, forbidden for another member, not_found for an unknown id; HTTP gives 202 then 409."""
     rig.worker()
@@ -368,6 +404,7 @@ async def test_cancel_is_refused_after_the_end_to_others_and_for_unknown_ids(rig
 # -- idempotent sends -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_resend_with_the_same_client_id_is_stored_and_answered_once(rig: Rig) -> None:
     """Sent on node A, resent after a reconnect on node B with the same client_id: one ack id, one message, one reply."""
     rig.worker()
@@ -395,6 +432,7 @@ async def test_a_resend_with_the_same_client_id_is_stored_and_answered_once(rig:
 # -- a worker killed mid-stream ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_kill_9_of_the_worker_mid_stream_restarts_the_reply_and_ends_with_one_message(rig: Rig) -> None:
     """After kill -9 the other worker starts the reply again (attempt 2, seq 0, no text) and the room gets one message."""
     workers = [rig.worker("a"), rig.worker("b")]
@@ -442,6 +480,7 @@ async def test_kill_9_of_the_worker_mid_stream_restarts_the_reply_and_ends_with_
 # -- a disconnect -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_the_sender_disconnecting_mid_stream_cancels_nothing(rig: Rig) -> None:
     """Alice closes her socket mid-reply; bob on the other node sees the reply grow to the end; history has it whole."""
     rig.worker()
