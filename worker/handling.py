@@ -237,19 +237,18 @@ class RequestHandler:
             writer.send()  # the last pieces go out before the reply
             if ctx.cancelled:  # the kind caught the cancel and returned
                 task.uncancel()
-                return writer.text, CANCELLED, False
+                return await writer.published_text(), CANCELLED, False
             return (answer if answer is not None else ctx.final), None, False
         except asyncio.CancelledError:
             if ctx.cancelled and task.uncancel() == 0:
-                writer.send()
-                return writer.text, CANCELLED, False
+                return await writer.published_text(), CANCELLED, False
             writer.close()
             raise
         except Exception as exc:
             writer.close()
             if ctx.cancelled:
                 task.uncancel()
-                return writer.text, CANCELLED, False  # failed while being cancelled: cancelled it is
+                return await writer.published_text(), CANCELLED, False  # failed while being cancelled
             if not isinstance(exc, RequestFailed):
                 log.exception("bot %s (%s) raised", request.bot, served.bot.kind)
             self.metrics.attempts_failed.labels(served.bot.kind).inc()

@@ -36,6 +36,7 @@ class ReplyWriter:
         self._attempt = attempt
         self._interval = interval
         self.text = ""  # everything this attempt wrote
+        self._published = ""  # what the room got of it (a push is refused once the request is cancelled)
         self._pending: list[str] = []  # written, not sent yet
         self._pending_chars = 0
         self._seq = 0
@@ -87,7 +88,8 @@ class ReplyWriter:
 
     async def _pushed(self, position: StreamPosition, piece: str, packet: bytes) -> None:
         try:
-            await self._replies.push(self._room, position, piece, packet)
+            if await self._replies.push(self._room, position, piece, packet):
+                self._published += piece
         except (BrokerUnavailable, OSError) as exc:
             # a lost piece costs late joiners some text; the final message has it all
             log.warning("could not send a piece of the reply in %s: %s", self._room, exc)
@@ -97,6 +99,15 @@ class ReplyWriter:
         self.send()
         if self._last is not None:
             await asyncio.shield(self._last)
+
+    async def published_text(self) -> str:
+        """Send what is pending; the text the room got, once every push is answered.
+
+        A cancelled reply is stored with this text: what its clients saw, not what the kind had
+        written after the cancel reached the broker.
+        """
+        await self.flush()
+        return self._published
 
     def close(self) -> None:
         """Drop what is pending (the attempt failed or was abandoned)."""

@@ -208,7 +208,8 @@ class Replies(Protocol):
         """Add ``piece`` at ``position`` and publish ``packet`` to the room, in one step.
 
         A position of a later attempt than the one kept starts the reply again (``seq`` 0 and an
-        empty piece announce that). Returns False, doing nothing, when a later attempt owns it.
+        empty piece announce that). Returns False, doing nothing, when a later attempt owns it or
+        the request was cancelled.
         """
 
     async def in_flight(self, room: str) -> list[ReplyInFlight]:

@@ -28,6 +28,8 @@ class MemoryReplies:
             current = None
         if current is not None and position.attempt < current[0]:
             return False
+        if await self.cancel_mark(room, position.reply_to) is not None:
+            return False
         if current is None or position.attempt > current[0]:
             current = (position.attempt, 0, "", 0.0)
         attempt, seq, text, _ = current

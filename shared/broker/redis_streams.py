@@ -56,7 +56,7 @@ class RedisReplies:
             math.ceil(self.settings.stream_ttl * 1000),
         ]
         reply_to = position.reply_to
-        keys = [k.stream(room, reply_to), k.stream_text(room, reply_to), k.streams(room)]
+        keys = [k.stream(room, reply_to), k.stream_text(room, reply_to), k.streams(room), k.cancel(room, reply_to)]
         return bool(await self.pipe.script(STREAM_PUSH, keys, args))
 
     async def in_flight(self, room: str) -> list[ReplyInFlight]:

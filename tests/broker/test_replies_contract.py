@@ -206,3 +206,16 @@ async def test_a_cancelled_requests_reply_is_refused_unless_it_is_the_cancelled_
     partial = protocol.message_tail(ROOM, {"kind": "bot", "id": ROOM}, "so far", reply_to=REQUEST, state="cancelled")
     stored = await node.history.append(ROOM, partial, reply_to=REQUEST, cancelled=True)
     assert [entry_id for entry_id, _ in (await node.history.read_latest(ROOM, 5)).entries] == [stored.id]
+
+
+async def test_a_cancelled_requests_pieces_are_refused(make_nodes: MakeNodes) -> None:
+    (node,) = make_nodes(1)
+    await node.fanout.subscribe(ROOM)
+    assert await push(node, 1, 1, "before ")
+    await node.next_event()
+    await node.broker.replies.cancel(ROOM, REQUEST, announced=False)
+    assert not await push(node, 1, 2, "after")
+    (reply,) = await node.broker.replies.in_flight(ROOM)
+    assert reply.text == "before "
+    await node.fanout.publish(ROOM, packets.pack(b'{"type":"typing"}'))
+    assert (await node.next_event()).frame == b'{"type":"typing"}'  # the refused piece was not published

@@ -308,11 +308,6 @@ async def test_cancel_of_a_request_waiting_behind_a_busy_bot_means_it_is_never_a
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the worker's first delta goes out in the same round trip as the start that finds the cancel: "
-    "the stream push does not check the request's cancel mark (the append does)",
-)
 async def test_a_request_cancelled_before_it_started_streams_nothing(rig: Rig) -> None:
     """A request cancelled while its bot was stopped sends no delta once the bot runs."""
     rig.worker()

@@ -1,10 +1,13 @@
 -- Add a piece to a reply being written and publish its delta, in one step: a client that reads
 -- the reply after this sees the piece in the text, one that read it before gets the delta live.
 -- KEYS: 1 the reply's hash (a attempt, s last seq), 2 its text so far (a string, appended to),
---       3 the room's set of replies in progress
+--       3 the room's set of replies in progress, 4 the request's cancel marker
 -- ARGV: 1 channel, 2 publish command (PUBLISH or SPUBLISH), 3 packet, 4 reply_to, 5 attempt,
 --       6 seq, 7 piece, 8 most bytes of text kept, 9 TTL in ms
--- Returns 1, or 0 (nothing done) when a later attempt owns the reply.
+-- Returns 1, or 0 (nothing done) when a later attempt owns the reply or the request was cancelled.
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  return 0
+end
 local attempt = tonumber(ARGV[5])
 local current = tonumber(redis.call('HGET', KEYS[1], 'a') or '0')
 if attempt < current then
