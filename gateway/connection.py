@@ -9,6 +9,13 @@ socket's transport: no task, queue or copy per member. The transport's own buffe
 outbox; when a client falls more than ``outbox_max_bytes`` behind, it is closed with 4008 and
 recovers with ``since``. With compression on, frames go through aiohttp's writer instead,
 because permessage-deflate needs per-connection state.
+
+Without compression the connection is also the transport's protocol (see :meth:`take_over`):
+client frames are read by a :class:`~gateway.wsframes.FrameReader` as the bytes arrive, and the
+node's :class:`~gateway.heartbeat.Sweep` pings it and times its token. An idle connection is
+then a transport, this object, its reader and its session: no task, no timer, no aiohttp
+objects. Events the session cannot answer at once (those that need the broker) are carried out
+in a task that lives only until they and the frames that came meanwhile are done.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,27 +33,41 @@ from aiohttp import WSMsgType, web
 
 from gateway import effects as fx
 from gateway import events as ev
+from gateway import wsframes as wf
+from gateway.heartbeat import NOT_WATCHED
 from gateway.session import Session
 from gateway.wire import text_frame
+from shared.errors import CloseCode
 
 if TYPE_CHECKING:
     from gateway.carrier import Carrier
+    from gateway.heartbeat import Sweep
 
 log = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 5.0
+INBOX_PAUSE = 64  # client frames waiting on an answer from the broker before reading pauses
+_PING = wf.control_frame(wf.OP_PING)
 
 
-class Connection:
+class Connection(asyncio.Protocol):
     """One WebSocket on this node and the session it carries out."""
 
     __slots__ = (
         "_carrier",
         "_closing_task",
+        "_inbox",
         "_on_slow",
+        "_peer_closed",
+        "_reader",
+        "_sent_close",
+        "_sweep",
+        "_task",
         "_timer",
         "close_reason",
         "closing",
         "compress",
+        "deadline",
+        "idle",
         "max_buffer",
         "session",
         "transport",
@@ -56,7 +78,7 @@ class Connection:
     def __init__(
         self,
         session: Session,
-        ws: web.WebSocketResponse,
+        ws: web.WebSocketResponse | None,
         transport: asyncio.Transport,
         carrier: Carrier,
         *,
@@ -74,8 +96,17 @@ class Connection:
         self.close_reason = ""  # set by whoever closes first; the session's own reason otherwise
         self._carrier = carrier
         self._on_slow = on_slow
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the token deadline when no sweep times it
         self._closing_task: asyncio.Task[None] | None = None
+        # the socket side when this object is the transport's protocol (see take_over)
+        self._reader: wf.FrameReader | None = None
+        self._sweep: Sweep | None = None
+        self.idle = NOT_WATCHED  # sweeps since the client last sent a byte
+        self.deadline = math.inf  # when the token expires, for the sweep
+        self._inbox: deque[ev.Event] | None = None  # events waiting while a task carries out earlier ones
+        self._task: asyncio.Task[None] | None = None  # that task, kept until it ends
+        self._sent_close = False
+        self._peer_closed: asyncio.Future[None] | None = None  # a close this side started waits on it
 
     @property
     def id(self) -> str:
@@ -116,12 +147,16 @@ class Connection:
         return True
 
     def _schedule(self, at: float) -> None:
+        if self._sweep is not None:
+            self._sweep.schedule(self, at)
+            return
         if self._timer is not None:
             self._timer.cancel()
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(max(0.0, at - time.time()), self._deadline_reached)
+        self._timer = loop.call_later(max(0.0, at - time.time()), self.deadline_reached)
 
-    def _deadline_reached(self) -> None:
+    def deadline_reached(self) -> None:
+        """The token's deadline has come (called by the sweep or the timer)."""
         self._timer = None
         if not self.closing:
             # the session answers a deadline with frames, a close or a new deadline: nothing to wait on
@@ -132,6 +167,8 @@ class Connection:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._sweep is not None:
+            self._sweep.discard(self)
 
     # -- the socket --------------------------------------------------------------------------
     def send(self, frame: bytes) -> None:
@@ -159,6 +196,7 @@ class Connection:
         if self.transport.get_write_buffer_size() > self.max_buffer:
             self._on_slow(self)
             return
+        assert self.ws is not None  # compression is aiohttp's
         task = asyncio.get_running_loop().create_task(self.ws.send_frame(frame, WSMsgType.TEXT))
         task.add_done_callback(_ignore_result)
 
@@ -181,10 +219,159 @@ class Connection:
             await asyncio.shield(self._closing_task)
 
     async def _close(self, code: int, message: str) -> None:
+        if self.ws is None:
+            await self._close_handshake(code, message)
+            return
         try:
             await asyncio.wait_for(self.ws.close(code=code, message=message.encode()), CLOSE_TIMEOUT)
         except (TimeoutError, ConnectionError, RuntimeError):
             self.transport.abort()
+
+    # -- the transport's protocol (without compression) --------------------------------------
+    def take_over(self, sweep: Sweep, max_size: int) -> None:
+        """Become the transport's protocol: read its frames here and let ``sweep`` ping and time it.
+
+        Call it right after the 101 answer was written, before anything else can run (a client
+        sends nothing before it has read the 101, RFC 6455 §4.1). The end of the connection is
+        then reported through ``sweep.ended``, in a task the node owns.
+        """
+        self._reader = wf.FrameReader(max_size)
+        self._sweep = sweep
+        self.idle = 0
+        self.transport.set_protocol(self)
+        sweep.add(self)
+        if not self.transport.is_reading():
+            self.transport.resume_reading()
+
+    def start(self) -> None:
+        """Welcome the client (the session's first frames)."""
+        self._handle(ev.Opened())
+
+    def data_received(self, data: bytes) -> None:
+        self.idle = 0
+        if self._reader is None:
+            return
+        for frame in self._reader.feed(data):
+            match frame:
+                case wf.Text(text=text):
+                    if not self.closing:
+                        self._handle(ev.Received(text))
+                case wf.Ping(data=payload):
+                    if not self._sent_close:
+                        self.transport.write(wf.control_frame(wf.OP_PONG, payload))
+                case wf.Pong():
+                    pass
+                case wf.Binary():
+                    if not self.closing:
+                        self._handle(ev.ReceivedBinary())
+                case wf.Close(code=code):
+                    self._peer_close(code)
+                case wf.Fail(code=code, reason=reason):
+                    self._fail(code, reason)
+
+    def eof_received(self) -> bool | None:
+        return None  # the peer is done sending: let the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._peer_closed is not None and not self._peer_closed.done():
+            self._peer_closed.set_result(None)
+        self.closing = True
+        self._reader = None
+        sweep = self._sweep
+        if sweep is not None:
+            sweep.discard(self)
+            sweep.spawn(sweep.ended(self, self.ended_reason()))
+
+    def ended_reason(self) -> str:
+        """The label the end of this connection is counted under."""
+        return self.close_reason or self.session.close_reason
+
+    def ping(self) -> None:
+        if not self.closing and not self.transport.is_closing():
+            self.transport.write(_PING)
+
+    def unresponsive(self) -> None:
+        """No pong in time: the client or the network is gone."""
+        log.info("closing unresponsive client", extra={"session": self.id})
+        self.closing = True
+        self.transport.abort()
+
+    def _handle(self, event: ev.Event) -> None:
+        """Hand ``event`` to the session; carry its effects out now if none needs the broker."""
+        if self._inbox is not None:
+            self._inbox.append(event)
+            if len(self._inbox) == INBOX_PAUSE:
+                self.transport.pause_reading()
+            return
+        todo = deque(self.session.handle(event, time.time()))
+        while todo:
+            effect = todo.popleft()
+            if not self._carry_out_here(effect):
+                # the rest waits for the broker; frames that arrive meanwhile wait for it too
+                self._inbox = deque()
+                self._task = asyncio.get_running_loop().create_task(self._carry_on(effect, todo))
+                return
+
+    async def _carry_on(self, effect: fx.Effect, todo: deque[fx.Effect]) -> None:
+        try:
+            await self._finish(effect, todo)
+            while self._inbox:
+                if len(self._inbox) == INBOX_PAUSE and not self.transport.is_closing():
+                    self.transport.resume_reading()
+                await self.feed(self._inbox.popleft())
+        except Exception:
+            log.exception("a client frame could not be carried out", extra={"session": self.id})
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            self._inbox = None
+            self._task = None
+
+    async def _finish(self, effect: fx.Effect, todo: deque[fx.Effect]) -> None:
+        """``effect`` through the carrier, then what is left of ``todo``, answers included."""
+        answer = await self._carrier.run(self, effect)
+        if answer is not None:
+            todo.extendleft(reversed(self.session.handle(answer, time.time())))
+        while todo:
+            effect = todo.popleft()
+            if not self._carry_out_here(effect):
+                answer = await self._carrier.run(self, effect)
+                if answer is not None:
+                    todo.extendleft(reversed(self.session.handle(answer, time.time())))
+
+    def _peer_close(self, code: int) -> None:
+        """The client sent its close: answer it (unless this side started) and end the connection."""
+        if not self._sent_close:
+            self.closing = True
+            self._sent_close = True
+            self.transport.write(wf.close_frame(None if code == wf.CLOSE_NO_STATUS else code))
+        if self._peer_closed is not None and not self._peer_closed.done():
+            self._peer_closed.set_result(None)
+        self.transport.close()
+
+    def _fail(self, code: int, reason: str) -> None:
+        """The client broke the protocol: close with ``code``, read nothing more from it."""
+        if code == wf.CLOSE_TOO_BIG and not self.close_reason:
+            self.close_reason = "too_large"
+        log.info("closing a client that broke the protocol: %s", reason, extra={"session": self.id})
+        self.close(code, reason)
+
+    async def _close_handshake(self, code: int, message: str) -> None:
+        """Send a close frame; end the TCP connection once the client answered, or abort it."""
+        transport = self.transport
+        if self._sent_close or transport.is_closing():
+            return
+        self._sent_close = True
+        self._peer_closed = asyncio.get_running_loop().create_future()
+        transport.write(wf.close_frame(code, message))
+        if self._reader is None or self._reader.done:
+            # nothing more is read: the client's answer shows as the end of its stream
+            transport.write_eof()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._peer_closed), CLOSE_TIMEOUT)
+        except TimeoutError:
+            transport.abort()
+            return
+        transport.close()
 
 
 def _payload(framed: bytes) -> bytes:

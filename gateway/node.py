@@ -27,6 +27,7 @@ from gateway.auth import TokenVerifier
 from gateway.carrier import Carrier
 from gateway.connection import Connection
 from gateway.connections import ConnectionTable
+from gateway.heartbeat import Sweep
 from gateway.hub import Hub
 from gateway.intake import Intake
 from gateway.metrics import GatewayMetrics
@@ -63,6 +64,7 @@ class Node:
         self.hub = Hub(broker.fanout, metrics)
         self.announcer = Announcer(broker.fanout, metrics, settings.typing_timeout, self.spawn)
         self.connections = ConnectionTable(settings, metrics)
+        self.sweep = Sweep(settings.heartbeat, self.spawn, self.closed)  # heartbeats and token deadlines
         self.probe = Probe(settings.node_id, self.announcer)
         self.intake = Intake(broker.fanout, self.hub, self.connections, self.probe, metrics, self.spawn)
         self.upkeep = Upkeep(settings, broker, self.hub, self.announcer, self.probe, metrics, self.spawn)
@@ -74,7 +76,7 @@ class Node:
         if broker.pipe is not None:
             broker.pipe.observer = metrics.redis_round_trip
 
-    def open(self, principal: Principal, ws: web.WebSocketResponse, transport: asyncio.Transport) -> Connection:
+    def open(self, principal: Principal, ws: web.WebSocketResponse | None, transport: asyncio.Transport) -> Connection:
         """A new connection, counted and with its session, not yet welcomed."""
         session = Session(secrets.token_urlsafe(9), principal, self._limits, time.time())
         connection = Connection(
