@@ -24,6 +24,7 @@ from shared.broker.redis_compat import (
     close_pubsub,
     drop_connection,
     forget_channel,
+    next_event,
     tracked_channels,
 )
 from shared.broker.redis_link import LINK_ERRORS
@@ -111,7 +112,7 @@ class Link:
         backoff = 0.1
         while self.pubsub.subscribed:  # with nothing left to read, the next subscribe starts a new reader
             try:
-                message = await self.pubsub.get_message(timeout=None)
+                message = await next_event(self.pubsub)
             except (MovedError, AskError) as exc:
                 # a subscription reached a node that no longer owns the channel's slot
                 log.info("pub/sub channel moved (%s); reading the cluster's slots again", exc)
@@ -127,10 +128,15 @@ class Link:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
-            if message is not None:
+            if isinstance(message, tuple):
+                try:
+                    self.owner.on_message(*message)
+                except Exception:  # a handler's failure is one message's loss, never the loop's end
+                    self.owner.handler_failed(message[0])
+            elif message is not None:
                 try:
                     self._dispatch(message)
-                except Exception:  # a handler's failure is one message's loss, never the loop's end
+                except Exception:
                     self.owner.handler_failed(message.get("channel"))
 
     def _dispatch(self, message: dict[str, Any]) -> None:

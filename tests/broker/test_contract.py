@@ -663,17 +663,17 @@ async def test_a_read_loop_that_dies_is_restarted_and_reports_a_gap(make_nodes: 
     fanout.set_gap_handler(gaps.set)
     await fanout.subscribe("lobby")
     link = next(iter(fanout._subscriber._links.values()))
-    real_get_message = link.pubsub.get_message
+    real_parse_response = link.pubsub.parse_response
     failed = False
 
-    async def get_message_failing_once(**options: Any) -> Any:
+    async def parse_response_failing_once(**options: Any) -> Any:
         nonlocal failed
         if not failed:
             failed = True
             raise RuntimeError("a reader bug")  # no error the loop expects: it ends the task
-        return await real_get_message(**options)
+        return await real_parse_response(**options)
 
-    link.pubsub.get_message = get_message_failing_once  # type: ignore[method-assign]
+    link.pubsub.parse_response = parse_response_failing_once  # type: ignore[method-assign]
     await publisher.fanout.publish("lobby", ephemeral("wakes the reader"))
     await asyncio.wait_for(gaps.wait(), TIMEOUT)
     assert failed

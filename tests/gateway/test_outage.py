@@ -106,17 +106,17 @@ async def test_a_dead_read_loop_makes_the_node_unready_until_its_probe_returns(
         node = cluster.servers[1].app[NODE]
         subscriber = node.broker.fanout._subscriber
         link = next(iter(subscriber._links.values()))
-        real_get_message = link.pubsub.get_message
+        real_parse_response = link.pubsub.parse_response
         state = {"failed": False}
         statuses: list[int] = []
 
-        async def get_message_failing_once(**options: object) -> object:
+        async def parse_response_failing_once(**options: object) -> object:
             if not state["failed"]:
                 state["failed"] = True
                 raise RuntimeError("a reader bug")
-            return await real_get_message(**options)
+            return await real_parse_response(**options)
 
-        link.pubsub.get_message = get_message_failing_once
+        link.pubsub.parse_response = parse_response_failing_once
         unready_until_probe = node.probe._answered
         first = await alice.request({"type": "message", "room": bot["id"], "text": "wakes the reader"}, "ack")
         deadline = asyncio.get_running_loop().time() + scaled(10)
