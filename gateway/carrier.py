@@ -12,12 +12,15 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from prometheus_client import Counter
+
 from gateway import effects as fx
 from gateway import events as ev
 from gateway.announcer import Announcer
 from gateway.auth import TokenVerifier
 from gateway.bots import cancel_reply, change_bot_state
 from gateway.handshake import verify_unrevoked
+from gateway.hot_counters import HotCounter
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from gateway.principal import AuthError
@@ -56,10 +59,10 @@ class Carrier:
         self._announcer = announcer
         self._verifier = verifier
         self._metrics = metrics
-        self._counters = {
+        # the counters a session names in its Count effects (each has inc())
+        self._counters: dict[str, Counter | HotCounter] = {
             "rate_limited": metrics.rate_limited,
             "messages_published": metrics.messages_published,
-            "deliveries": metrics.deliveries,
         }
 
     def count(self, effect: fx.Count) -> None:
@@ -94,10 +97,7 @@ class Carrier:
         match effect:
             case fx.Append(room=room, tail=tail, client_id=client_id):
                 sent = ClientId(user, client_id) if client_id is not None else None
-                session_id = connection.session.id  # its copy goes out with the ack, in one write
-                appended = await broker.history.append(
-                    room, tail, request=True, client_id=sent, exclude_connection=session_id
-                )
+                appended = await broker.history.append(room, tail, request=True, client_id=sent)
                 return ev.Stored(effect, appended.id, appended.ts, appended.queued, appended.duplicate)
             case fx.LookUpRequest(room=room, message=message):
                 bot, info = await asyncio.gather(broker.registry.get(room), broker.replies.request(room, message))

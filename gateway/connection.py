@@ -55,6 +55,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "_carrier",
         "_closing_task",
+        "_corked",
         "_inbox",
         "_on_slow",
         "_peer_closed",
@@ -98,6 +99,7 @@ class Connection(asyncio.Protocol):
         self._on_slow = on_slow
         self._timer: asyncio.TimerHandle | None = None  # the token deadline when no sweep times it
         self._closing_task: asyncio.Task[None] | None = None
+        self._corked: list[bytes] | None = None  # frames gathered for one write (see _cork)
         # the socket side when this object is the transport's protocol (see take_over)
         self._reader: wf.FrameReader | None = None
         self._sweep: Sweep | None = None
@@ -115,13 +117,17 @@ class Connection(asyncio.Protocol):
     async def feed(self, event: ev.Event) -> None:
         """Hand ``event`` to the session and carry out every effect, answers included, in order."""
         todo = deque(self.session.handle(event, time.time()))
+        self._cork()
         while todo:
             effect = todo.popleft()
             if not self._carry_out_here(effect):
+                self._uncork()
                 answer = await self._carrier.run(self, effect)
+                self._cork()
                 if answer is not None:
                     # an answer's effects come before the ones already waiting: they follow from it
                     todo.extendleft(reversed(self.session.handle(answer, time.time())))
+        self._uncork()
 
     async def closed(self) -> None:
         """The socket is gone: let go of the session's rooms, all at once."""
@@ -137,6 +143,7 @@ class Connection(asyncio.Protocol):
             case fx.Write(framed=framed):
                 self.write(framed)
             case fx.Close(code=code, reason=reason):
+                self._uncork()  # what was said before the close goes out before it
                 self.close(code, reason, self.session.close_reason)
             case fx.Count():
                 self._carrier.count(effect)
@@ -186,9 +193,22 @@ class Connection(asyncio.Protocol):
             # framed bytes cannot be compressed as they are: strip the header and send the payload
             self._send_compressed(_payload(framed))
             return
+        if self._corked is not None:
+            self._corked.append(framed)
+            return
         self.transport.write(framed)
         if self.transport.get_write_buffer_size() > self.max_buffer:
             self._on_slow(self)
+
+    def _cork(self) -> None:
+        """Gather the frames written from now on (the answers to one event) into one write."""
+        if self._corked is None:
+            self._corked = []
+
+    def _uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked:
+            self.write(corked[0] if len(corked) == 1 else b"".join(corked))
 
     def _send_compressed(self, frame: bytes) -> None:
         if self.closing or self.transport.is_closing():
@@ -304,13 +324,16 @@ class Connection(asyncio.Protocol):
                 self.transport.pause_reading()
             return
         todo = deque(self.session.handle(event, time.time()))
+        self._cork()
         while todo:
             effect = todo.popleft()
             if not self._carry_out_here(effect):
+                self._uncork()
                 # the rest waits for the broker; frames that arrive meanwhile wait for it too
                 self._inbox = deque()
                 self._task = asyncio.get_running_loop().create_task(self._carry_on(effect, todo))
                 return
+        self._uncork()
 
     async def _carry_on(self, effect: fx.Effect, todo: deque[fx.Effect]) -> None:
         try:
@@ -331,12 +354,16 @@ class Connection(asyncio.Protocol):
         answer = await self._carrier.run(self, effect)
         if answer is not None:
             todo.extendleft(reversed(self.session.handle(answer, time.time())))
+        self._cork()
         while todo:
             effect = todo.popleft()
             if not self._carry_out_here(effect):
+                self._uncork()
                 answer = await self._carrier.run(self, effect)
+                self._cork()
                 if answer is not None:
                     todo.extendleft(reversed(self.session.handle(answer, time.time())))
+        self._uncork()
 
     def _peer_close(self, code: int) -> None:
         """The client sent its close: answer it (unless this side started) and end the connection."""

@@ -47,7 +47,7 @@ class Hub:
         members = self.rooms.get(room)
         if not members:
             return
-        message_id, exclude, frame, position, sender = packet
+        message_id, exclude, frame, position = packet
         packets.check_frame(frame)
         recovering = self._recovering.get(room)
         if recovering is not None:
@@ -59,8 +59,8 @@ class Hub:
         framed = text_frame(frame)
         delivered = 0
         for connection in tuple(members):
-            if connection.user == exclude or (sender and connection.session.id == sender):
-                continue  # the sender's own connection got its copy with its ack
+            if connection.user == exclude:
+                continue
             if connection.session.pending and connection.session.buffered(room, message_id, position, framed):
                 continue
             connection.write(framed)

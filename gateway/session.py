@@ -109,12 +109,8 @@ class Session:
                 return self._room_opened(answer)
             case ev.Stored(request=request, id=message_id, ts=ts, queued=queued, duplicate=duplicate):
                 ack = self._send(sf.Ack(message_id, ts, queued, request.ref))
-                if duplicate:  # stored before, and published then: the ack alone
-                    return [ack]
-                # the connection's own copy of the message comes with the ack (the room's copy skips
-                # this connection), so both go out in one write
-                copy = protocol.compose_message(message_id, request.tail, queued=queued)
-                return [fx.Count("messages_published"), ack, fx.Send(copy), fx.Count("deliveries")]
+                # this connection gets its copy of the message with the room's, in the room's order
+                return [ack] if duplicate else [fx.Count("messages_published"), ack]
             case ev.BotChanged(request=request, bot=bot):
                 return [self._send(sf.BotStatusReply(bot.id, bot.status.value, request.ref))]
             case ev.TokenChecked(request=request, principal=principal):

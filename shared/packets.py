@@ -1,12 +1,10 @@
 """Packets: how a room event travels between processes over pub/sub. Pure; no I/O.
 
-A packet is ``<message id> US <excluded user> [US <stream position>] [US c=<connection>] LF <frame>``.
-The header lets a node merge replayed history with live events by id, merge a streamed reply's
-snapshot with its live deltas by position, skip the sender's own typing and presence frames, and
-skip the one connection that sent a message (it gets its copy together with its ``ack``, in one
-write); the frame after the newline is exactly what clients receive. (A node of an earlier
-release reads the optional fields as part of the excluded user, matches nobody, and delivers as
-before.)
+A packet is ``<message id> US <excluded user> [US <stream position>] LF <frame>``. The header lets
+a node merge replayed history with live events by id, merge a streamed reply's snapshot with its
+live deltas by position, and skip the sender's own typing and presence frames; the frame after
+the newline is exactly what clients receive. (A node of an earlier release reads a position as
+part of the excluded user, matches nobody, and delivers the delta as before.)
 
 Anything that can publish on the Redis can put bytes on a channel a node reads, so nothing here
 trusts its input: :func:`unpack` refuses a header that is not of this shape or an id that is not a
@@ -25,8 +23,6 @@ import orjson
 PACKET_FIELD = b"\x1f"
 PACKET_END = b"\n"
 _MESSAGE_ID = re.compile(rb"[0-9]{1,15}-[0-9]{1,10}\Z")
-_CONNECTION = re.compile(rb"[A-Za-z0-9_\-]{1,64}\Z")  # connection ids are URL-safe base64
-CONNECTION_MARK = b"c="
 _POSITION = re.compile(rb"([0-9]{1,15}-[0-9]{1,10})/([0-9]{1,6})/([0-9]{1,9})\Z")
 _MAX_HEADER = 512  # an id (26 bytes) plus a user id (at most 128 characters of UTF-8): far below this
 
@@ -52,7 +48,6 @@ class Packet(NamedTuple):
     exclude_user: str  # this user's connections do not receive the frame, or ""
     frame: bytes  # exactly what clients receive
     position: StreamPosition | None = None  # a delta's place in its reply
-    exclude_connection: str = ""  # the connection that sent the message: it has its copy already
 
 
 def pack(
@@ -61,14 +56,11 @@ def pack(
     message_id: str = "",
     exclude_user: str = "",
     position: StreamPosition | None = None,
-    exclude_connection: str = "",
 ) -> bytes:
-    """Wrap a frame for pub/sub. ``exclude_user``'s connections, and ``exclude_connection``, do not receive it."""
+    """Wrap a frame for pub/sub. ``exclude_user``'s connections do not receive it."""
     header = [message_id.encode(), PACKET_FIELD, exclude_user.encode()]
     if position is not None:
         header += [PACKET_FIELD, f"{position.reply_to}/{position.attempt}/{position.seq}".encode()]
-    if exclude_connection:
-        header += [PACKET_FIELD, CONNECTION_MARK, exclude_connection.encode()]
     return b"".join((*header, PACKET_END, frame))
 
 
@@ -84,23 +76,14 @@ def unpack(packet: bytes) -> Packet:
     if raw_id and not _MESSAGE_ID.match(raw_id):
         raise BadPacket("the message id is not a history id")
     fields = packet[sep + 1 : end].split(PACKET_FIELD)
-    position, connection = None, ""
-    for extra in fields[1:]:
-        if extra.startswith(CONNECTION_MARK):
-            connection = _connection(extra[len(CONNECTION_MARK) :])
-        else:
-            position = _position(extra)
+    if len(fields) > 2:
+        raise BadPacket("too many fields in the packet header")
+    position = _position(fields[1]) if len(fields) == 2 else None
     try:
         exclude = fields[0].decode()
     except UnicodeDecodeError:
         raise BadPacket("the excluded user is not UTF-8") from None
-    return Packet(raw_id.decode(), exclude, packet[end + 1 :], position, connection)
-
-
-def _connection(raw: bytes) -> str:
-    if not _CONNECTION.match(raw):
-        raise BadPacket("the excluded connection is not a connection id")
-    return raw.decode()
+    return Packet(raw_id.decode(), exclude, packet[end + 1 :], position)
 
 
 def _position(raw: bytes) -> StreamPosition:

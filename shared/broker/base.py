@@ -116,7 +116,6 @@ class History(Protocol):
         reply_to: str | None = None,
         client_id: ClientId | None = None,
         cancelled: bool = False,
-        exclude_connection: str = "",
     ) -> Appended:
         """Store a message (``tail`` from :func:`shared.protocol.message_tail`) and publish it.
 
@@ -128,8 +127,7 @@ class History(Protocol):
         the sender's client gave) does the same for a user's message within the client-id window.
         Raises InboxFull, storing nothing, when ``request`` and the bot's inbox is full, and
         ReplyCancelled when ``reply_to`` was cancelled, unless ``cancelled`` says this is the
-        cancelled reply itself (the text written until the cancel). ``exclude_connection`` is the
-        sending connection, which is not sent the published copy (its node sends it with the ack).
+        cancelled reply itself (the text written until the cancel).
         """
 
     async def read_after(self, room: str, since: str, limit: int) -> HistoryPage:

@@ -149,7 +149,6 @@ class MemoryHistory:
         reply_to: str | None = None,
         client_id: ClientId | None = None,
         cancelled: bool = False,
-        exclude_connection: str = "",
     ) -> Appended:
         store = self.store
         if reply_to is not None and (room, reply_to) in store.replied:
@@ -181,7 +180,7 @@ class MemoryHistory:
         bot = self.store.bots.get(room)
         queued = request and (bot is None or bot.status is not BotStatus.RUNNING)
         live = protocol.compose_message(message_id, tail, queued=True) if queued else frame
-        self.store.deliver(room, packets.pack(live, message_id=message_id, exclude_connection=exclude_connection))
+        self.store.deliver(room, packets.pack(live, message_id=message_id))
         if request:
             self.store.inbox(room).add({"m": message_id.encode(), "f": frame})
         return Appended(message_id, protocol.message_ts(message_id), queued=queued)

@@ -113,7 +113,6 @@ class RedisHistory:
         reply_to: str | None = None,
         client_id: ClientId | None = None,
         cancelled: bool = False,
-        exclude_connection: str = "",
     ) -> Appended:
         k = self.keys
         if client_id is not None:
@@ -135,9 +134,7 @@ class RedisHistory:
             tail,
             protocol.compose_message(HOLE, tail),
             protocol.compose_message(HOLE, tail, queued=True) if request else b"",
-            packets.pack(b"", message_id=HOLE, exclude_connection=exclude_connection)
-            if exclude_connection
-            else PACKET_HEADER,
+            PACKET_HEADER,
             self.settings.history_max,
             int(self.settings.history_max_age * 1000),
             "1" if request else "0",
