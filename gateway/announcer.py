@@ -46,6 +46,21 @@ class Announcer:
             return  # was not typing: nothing to announce
         await self.publish(room, self.typing_frame(room, user, state), exclude=user)
 
+    def typing_changed_soon(self, room: str, user: str, state: bool) -> None:
+        """:meth:`typing_changed` without waiting: the check is made now, the publish goes out behind.
+
+        Most messages are sent by someone who was not typing: then nothing is published, and
+        the message costs no await for it.
+        """
+        if state:
+            self.typing.started(room, user)
+        elif not self.typing.stopped(room, user):
+            return
+        self._spawn(self.publish(room, self.typing_frame(room, user, state), exclude=user))
+
+    def publish_soon(self, room: str, frame: bytes, *, exclude: str = "") -> None:
+        self._spawn(self.publish(room, frame, exclude=exclude))
+
     async def presence(self, room: str, user: str, event: str) -> None:
         await self.publish(room, sf.encode(sf.PresenceEvent(room, user, event)), exclude=user)
 

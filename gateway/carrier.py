@@ -25,7 +25,7 @@ from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from gateway.principal import AuthError
 from shared.broker import Broker
-from shared.broker.base import BrokerUnavailable, ClientId, InboxFull, RequestInfo
+from shared.broker.base import BrokerUnavailable, ClientId, HistoryPage, InboxFull, RequestInfo
 from shared.errors import ChatError, ErrorCode
 from shared.settings import Settings
 
@@ -64,6 +64,14 @@ class Carrier:
             "rate_limited": metrics.rate_limited,
             "messages_published": metrics.messages_published,
         }
+
+    def signal(self, connection: Connection, effect: fx.SetTyping | fx.Announce) -> None:
+        """Typing and announcements: published behind, never waited for (losing one is harmless)."""
+        match effect:
+            case fx.SetTyping(room=room, state=state):
+                self._announcer.typing_changed_soon(room, connection.user, state)
+            case fx.Announce(room=room, frame=frame):
+                self._announcer.publish_soon(room, frame, exclude=connection.user)
 
     def count(self, effect: fx.Count) -> None:
         if effect.counter == "frames_received":
@@ -105,10 +113,6 @@ class Carrier:
             case fx.CancelReply(room=room, message=message):
                 await cancel_reply(broker, room, message)
                 return ev.Cancelled(effect)
-            case fx.SetTyping(room=room, state=state):
-                await self._announcer.typing_changed(room, user, state)
-            case fx.Announce(room=room, frame=frame):
-                await self._announcer.publish(room, frame, exclude=user)
             case fx.LookUpBot(bot=bot_id):
                 bot, members = await asyncio.gather(broker.registry.get(bot_id), broker.registry.members(bot_id))
                 return ev.BotFound(effect, bot, frozenset(members))
@@ -129,15 +133,20 @@ class Carrier:
         if room not in hub.rooms and len(hub.rooms) >= settings.max_rooms_per_node:
             raise ChatError(ErrorCode.UNAVAILABLE, "this node holds too many rooms; try again")
         await hub.add(room, connection)  # subscribed: live events now wait in the session's pending
-        presence = await self._broker.presence.join(room, connection.user, connection.session.id)
-        history = self._broker.history
-        if effect.since is not None:
-            page = await history.read_after(room, effect.since, settings.replay_max)
-            replay, last_id, recovered = page.entries, page.last_id, page.complete
+        broker, history = self._broker, self._broker.history
+        reading = history.read_after(room, effect.since, settings.replay_max) if effect.since else None
+        # one round trip: each of these queues its commands at its first step, in this order, and
+        # Redis runs a pipeline in order, so the replies in flight are read after history (a reply
+        # that ends meanwhile is then a live message, never a snapshot after its own message)
+        presence, read, streams = await asyncio.gather(
+            broker.presence.join(room, connection.user, connection.session.id),
+            reading if reading is not None else history.last_id(room),
+            broker.replies.in_flight(room),
+        )
+        if isinstance(read, HistoryPage):
+            replay, last_id, recovered = read.entries, read.last_id, read.complete
         else:
-            replay, last_id, recovered = [], await history.last_id(room), False
-        # after history: a reply that ends meanwhile is then a live message, never a snapshot after its message
-        streams = await self._broker.replies.in_flight(room)
+            replay, last_id, recovered = [], read, False
         return ev.RoomOpened(
             effect, presence.members, presence.count, presence.changed, replay, last_id, recovered, streams
         )

@@ -147,6 +147,8 @@ class Connection(asyncio.Protocol):
                 self.close(code, reason, self.session.close_reason)
             case fx.Count():
                 self._carrier.count(effect)
+            case fx.SetTyping() | fx.Announce():
+                self._carrier.signal(self, effect)
             case fx.Schedule(at=at):
                 self._schedule(at)
             case _:
