@@ -24,6 +24,11 @@ all of them). The rest of the broker uses only the public client, pipeline and p
    from an SUNSUBSCRIBE or a dead link, and must find the new owner before anything is sent.
 7. :func:`sentinel_connections` reads ``SentinelConnectionPool.sentinel_manager.sentinels``:
    closing the master's client leaves the connections to the sentinels open.
+9. :class:`BatchConnection` holds one connection of a (non-cluster) client's pool for the command
+   pipe and sends each batch packed by hiredis in one write, reading the replies in order with
+   ``send_packed_command``/``read_response``: redis-py's pipeline object, retry wrapper, response
+   callbacks and pool checkout cost more per round trip than the commands themselves. Replies
+   come as Redis sends them (no callbacks); the broker reads every reply shape either way.
 8. :func:`next_event` reads with ``PubSub.parse_response`` and hands only replies that are not
    room events to ``PubSub.handle_message``: for every event that one builds a dict and awaits an
    observability hook, a large share of a node's time in small rooms; events need neither.
@@ -39,13 +44,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from hiredis import pack_command
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, ConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import SlotNotCoveredError
+from redis.exceptions import ResponseError, SlotNotCoveredError
 
 
 class ReportingPubSub(PubSub):
@@ -168,3 +174,50 @@ async def next_event(pubsub: PubSub) -> PubSubEvent | dict[str, Any] | None:
         return response[1], response[2]
     handled = await pubsub.handle_message(response)  # type: ignore[no-untyped-call]  # unannotated in redis-py
     return cast("dict[str, Any] | None", handled)
+
+
+class BatchConnection:
+    """The command pipe's own connection on a single server or Sentinel master (see item 9)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._pool = client.connection_pool
+        self._connection: Connection | None = None
+
+    async def send(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Each command's reply, or the ResponseError Redis answered it with, in order.
+
+        A link that failed is replaced and the batch sent once more, as redis-py's pipeline does
+        (a held connection may point at a server that is gone: a Sentinel's old master, say);
+        when the second try fails too, this raises with the connection dropped.
+        """
+        try:
+            return await self._send(commands)
+        except (RedisConnectionError, TimeoutError, OSError):
+            return await self._send(commands)
+
+    async def _send(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        connection = self._connection
+        if connection is None:
+            got = await self._pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+            connection = self._connection = cast(Connection, got)
+        try:
+            await connection.send_packed_command(b"".join(pack_command(c) for c in commands), check_health=False)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:  # that command's answer; the next reply follows it
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            # a reply may be half read: this connection is out of step for good
+            self._connection = None
+            await connection.disconnect()
+            await self._pool.release(connection)
+            raise
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await connection.disconnect()
+            await self._pool.release(connection)

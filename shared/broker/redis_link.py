@@ -13,6 +13,7 @@ differs between the three deployments in :mod:`shared.broker.redis_topology`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -27,6 +28,7 @@ from redis.asyncio.connection import Connection, SSLConnection
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from shared.broker.base import BrokerUnavailable
+from shared.broker.redis_compat import BatchConnection
 from shared.redis_url import RedisTarget
 
 log = logging.getLogger(__name__)
@@ -67,12 +69,15 @@ class Script:
 class CommandPipe:
     """One writer task that sends every queued command in one pipeline per round trip.
 
-    On a cluster the pipeline is split by node and each command goes to the node owning its
-    keys; commands of one call never span slots (every key of a room shares its hash tag).
+    On a single server (or a Sentinel's master) a batch goes out on the pipe's own connection, in
+    one write (see ``BatchConnection``). On a cluster it is redis-py's pipeline, split by node so
+    each command goes to the node owning its keys; commands of one call never span slots (every
+    key of a room shares its hash tag).
     """
 
     def __init__(self, client: Client) -> None:
         self.client = client
+        self._batches = None if isinstance(client, RedisCluster) else BatchConnection(client)
         self._queue: deque[tuple[tuple[Any, ...], asyncio.Future[Any]]] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -88,6 +93,9 @@ class CommandPipe:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self._batches is not None:
+            with contextlib.suppress(*LINK_ERRORS):
+                await self._batches.close()
         while self._queue:
             _, future = self._queue.popleft()
             if not future.done():
@@ -124,12 +132,15 @@ class CommandPipe:
                 await self._send(batch)
 
     async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for args, _ in batch:
-            pipe.execute_command(*args)
         started = time.perf_counter()
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            if self._batches is not None:
+                replies = await self._batches.send([args for args, _ in batch])
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for args, _ in batch:
+                    pipe.execute_command(*args)
+                replies = await pipe.execute(raise_on_error=False)
         except Exception as exc:  # the writer must outlive any failure, or every later caller would hang
             if isinstance(exc, LINK_ERRORS):
                 log.warning("redis pipeline failed: %s", exc)

@@ -122,3 +122,22 @@ async def make_nodes(backend: str, request: pytest.FixtureRequest) -> AsyncItera
     yield make
     for node in reversed(built):
         await node.close()
+
+
+async def redis_info(pipe: Any, section: str) -> dict[str, Any]:
+    """``INFO section`` through a node's command pipe, parsed (the pipe returns Redis's text as is).
+
+    ``key:value`` lines map to strings; ``cmdstat_x:calls=1,usec=2`` lines to dicts of them.
+    """
+    raw = await pipe.execute("INFO", section)
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    parsed: dict[str, Any] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep or line.startswith("#"):
+            continue
+        if "=" in value and key.startswith("cmdstat_"):
+            parsed[key] = dict(part.split("=", 1) for part in value.split(","))
+        else:
+            parsed[key] = value
+    return parsed

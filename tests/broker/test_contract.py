@@ -19,7 +19,7 @@ from shared import packets, protocol
 from shared.broker.redis import RedisFanOut
 from shared.broker.redis_link import CommandPipe
 from shared.models import Bot, BotStatus
-from tests.broker.conftest import TIMEOUT, Event, MakeNodes, Node
+from tests.broker.conftest import TIMEOUT, Event, MakeNodes, Node, redis_info
 from tests.procs import scaled
 
 SENDER = {"kind": "user", "id": "alice"}
@@ -604,7 +604,7 @@ async def test_one_redis_subscription_per_room_per_node(make_nodes: MakeNodes) -
 
 
 async def subscribe_calls(pipe: CommandPipe) -> int:
-    stats = (await pipe.execute("INFO", "commandstats"))["cmdstat_subscribe"]
+    stats = (await redis_info(pipe, "commandstats"))["cmdstat_subscribe"]
     return int(stats["calls"])
 
 

@@ -15,7 +15,7 @@ from shared import packets, protocol
 from shared.broker import Broker, make_broker
 from shared.broker.memory_queue import MemoryBotQueue
 from shared.broker.queue import BotQueue, GroupMissing
-from tests.broker.conftest import node_settings
+from tests.broker.conftest import node_settings, redis_info
 from tests.procs import scaled
 
 BOT = "bot1"
@@ -65,7 +65,7 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     async def blocked() -> bool:
         if isinstance(worker.queue, MemoryBotQueue):
             return bool(worker.queue._waiters)
-        return int((await worker.pipe.execute("INFO", "clients"))["blocked_clients"]) > 0
+        return int((await redis_info(worker.pipe, "clients"))["blocked_clients"]) > 0
 
     other.fanout.set_handler(hear)
     await other.fanout.subscribe(BOT)
