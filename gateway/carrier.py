@@ -138,17 +138,20 @@ class Carrier:
         # one round trip: each of these queues its commands at its first step, in this order, and
         # Redis runs a pipeline in order, so the replies in flight are read after history (a reply
         # that ends meanwhile is then a live message, never a snapshot after its own message)
-        presence, read, streams = await asyncio.gather(
+        # the bot is read again, after the subscribe: a status change published before it would
+        # be missed, and `joined` would show the status the access check read
+        presence, read, streams, bot = await asyncio.gather(
             broker.presence.join(room, connection.user, connection.session.id),
             reading if reading is not None else history.last_id(room),
             broker.replies.in_flight(room),
+            broker.registry.get(room),
         )
         if isinstance(read, HistoryPage):
             replay, last_id, recovered = read.entries, read.last_id, read.complete
         else:
             replay, last_id, recovered = [], read, False
         return ev.RoomOpened(
-            effect, presence.members, presence.count, presence.changed, replay, last_id, recovered, streams
+            effect, presence.members, presence.count, presence.changed, replay, last_id, recovered, streams, bot
         )
 
     async def leave_room(self, connection: Connection, room: str) -> None:

@@ -80,6 +80,7 @@ class RoomOpened:
     last_id: str | None
     recovered: bool
     streams: list[ReplyInFlight] = field(default_factory=list)
+    bot: Bot | None = None  # the bot as read after the subscribe (None: as the access check read it)
 
 
 class RequestState(Enum):

@@ -250,7 +250,7 @@ class Session:
             return [fx.LeaveRoom(room)]  # evicted while joining: the client was told with left
         joined = sf.Joined(
             room,
-            request.bot.summary(),
+            (opened.bot or request.bot).summary(),
             opened.members,
             opened.member_count,
             opened.last_id,
