@@ -35,7 +35,6 @@ class ReplyWriter:
         self._reply_to = reply_to
         self._attempt = attempt
         self._interval = interval
-        self.text = ""  # everything this attempt wrote
         self._published = ""  # what the room got of it (a push is refused once the request is cancelled)
         self._pending: list[str] = []  # written, not sent yet
         self._pending_chars = 0
@@ -53,7 +52,6 @@ class ReplyWriter:
     async def write(self, piece: str) -> None:
         if not piece:
             return
-        self.text += piece
         self._pending.append(piece)
         self._pending_chars += len(piece)
         loop = asyncio.get_running_loop()
