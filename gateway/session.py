@@ -23,9 +23,9 @@ from gateway import replay
 from gateway.ratelimit import TokenBucket
 from shared import protocol
 from shared import server_frames as sf
+from shared.client_frames import Auth, BotCommand, Cancel, ClientFrame, Join, Leave, Ping, SendMessage, Typing
 from shared.errors import ChatError, CloseCode, ErrorCode
 from shared.packets import StreamPosition
-from shared.protocol import Auth, BotCommand, Cancel, ClientFrame, Join, Leave, Ping, SendMessage, Typing
 
 if TYPE_CHECKING:
     from gateway.principal import Principal

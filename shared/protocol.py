@@ -1,8 +1,8 @@
-"""Wire frames of protocol v1: typed client frames in, pre-encoded server frames out. No I/O.
+"""Wire frames of protocol v1: client frames decoded and checked, message frames composed. No I/O.
 
-Client frames are decoded once into small frozen dataclasses that the session matches on.
-Server frames are typed in :mod:`shared.server_frames`; message frames are composed here around
-the id that only the history append knows.
+Client frames are decoded once into the typed frames of :mod:`shared.client_frames` that the
+session matches on. Server frames are typed in :mod:`shared.server_frames`; message frames are
+composed here around the id that only the history append knows.
 
 Between processes a server frame travels inside a *packet* (:mod:`shared.packets`).
 """
@@ -10,11 +10,11 @@ Between processes a server frame travels inside a *packet* (:mod:`shared.packets
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from shared.client_frames import Auth, BotCommand, Cancel, ClientFrame, Join, Leave, Ping, SendMessage, Typing
 from shared.errors import ErrorCode, ProtocolError
 
 PROTOCOL_VERSION = 1
@@ -25,64 +25,6 @@ MESSAGE_ID = re.compile(r"^[0-9]{1,15}-[0-9]{1,10}\Z")
 MAX_REF_LENGTH = 64
 # a client's own id for a message it sends, so a resend after a reconnect is stored once
 CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}\Z")
-
-
-@dataclass(frozen=True, slots=True)
-class Join:
-    room: str
-    since: str | None
-    ref: str | int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Leave:
-    room: str
-    ref: str | int | None
-
-
-@dataclass(frozen=True, slots=True)
-class SendMessage:
-    room: str
-    text: str
-    ref: str | int | None
-    client_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Cancel:
-    """Stop the bot's reply to ``message`` (the id of the user message it answers)."""
-
-    room: str
-    message: str
-    ref: str | int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Typing:
-    room: str
-    state: bool
-    ref: str | int | None
-
-
-@dataclass(frozen=True, slots=True)
-class BotCommand:
-    bot: str
-    action: str  # "start" or "stop"
-    ref: str | int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Ping:
-    ref: str | int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Auth:
-    token: str
-    ref: str | int | None
-
-
-ClientFrame = Join | Leave | SendMessage | Cancel | Typing | BotCommand | Ping | Auth
 
 
 def _ref(frame: dict[str, Any]) -> str | int | None:

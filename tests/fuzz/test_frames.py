@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared import packets, protocol
+from shared.client_frames import Auth, BotCommand, Cancel, ClientFrame, Join, Leave, Ping, SendMessage, Typing
 from shared.errors import ErrorCode, ProtocolError
-from shared.protocol import Auth, BotCommand, Cancel, Join, Leave, Ping, SendMessage, Typing
 
 MAX_TEXT = 200
 ROOM = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -36,7 +36,7 @@ json_values = st.recursive(
 printable = st.text(st.characters(exclude_categories=("Cc", "Cs")), max_size=80)
 
 
-def decode(raw: str | bytes) -> protocol.ClientFrame:
+def decode(raw: str | bytes) -> ClientFrame:
     return protocol.decode_client_frame(raw, max_text_length=MAX_TEXT)
 
 
@@ -45,7 +45,7 @@ def wire(frame: dict[str, Any]) -> bytes:
 
 
 @st.composite
-def valid_frames(draw: st.DrawFn) -> tuple[dict[str, Any], protocol.ClientFrame]:
+def valid_frames(draw: st.DrawFn) -> tuple[dict[str, Any], ClientFrame]:
     """A well-formed client frame and the dataclass it must decode to."""
     ref = draw(refs)
     kind = draw(st.sampled_from(protocol.CLIENT_TYPES))
@@ -87,7 +87,7 @@ def mangled_frames(draw: st.DrawFn) -> dict[str, Any]:
     return frame
 
 
-def decodes_or_refuses(raw: str | bytes) -> protocol.ClientFrame | ProtocolError:
+def decodes_or_refuses(raw: str | bytes) -> ClientFrame | ProtocolError:
     """What the decoder does with ``raw``; any exception other than ProtocolError fails the test."""
     try:
         return decode(raw)
@@ -121,7 +121,7 @@ def test_mangled_frames_only_raise_protocol_errors(frame: dict[str, Any]) -> Non
 
 @fuzz
 @given(valid_frames())
-def test_valid_frames_decode_to_their_dataclass(case: tuple[dict[str, Any], protocol.ClientFrame]) -> None:
+def test_valid_frames_decode_to_their_dataclass(case: tuple[dict[str, Any], ClientFrame]) -> None:
     """A well-formed frame, as bytes or text, decodes to the matching dataclass with its ref."""
     frame, expected = case
     assert decode(wire(frame)) == expected
@@ -131,7 +131,7 @@ def test_valid_frames_decode_to_their_dataclass(case: tuple[dict[str, Any], prot
 
 @fuzz
 @given(valid_frames(), st.dictionaries(st.text(max_size=10), json_values, max_size=3))
-def test_unknown_fields_are_ignored(case: tuple[dict[str, Any], protocol.ClientFrame], extra: dict) -> None:
+def test_unknown_fields_are_ignored(case: tuple[dict[str, Any], ClientFrame], extra: dict) -> None:
     """Fields a frame type does not know change nothing."""
     frame, expected = case
     extra.pop("client_id", None)  # a known, optional field of messages: left out of a frame, it is not unknown
@@ -140,7 +140,7 @@ def test_unknown_fields_are_ignored(case: tuple[dict[str, Any], protocol.ClientF
 
 @fuzz
 @given(valid_frames(), st.text(min_size=protocol.MAX_REF_LENGTH + 1, max_size=500))
-def test_refs_over_64_characters_are_refused(case: tuple[dict[str, Any], protocol.ClientFrame], ref: str) -> None:
+def test_refs_over_64_characters_are_refused(case: tuple[dict[str, Any], ClientFrame], ref: str) -> None:
     """A string ref longer than 64 characters is a bad_request, and the ref is not echoed."""
     frame, _ = case
     with pytest.raises(ProtocolError) as refused:
@@ -152,9 +152,7 @@ def test_refs_over_64_characters_are_refused(case: tuple[dict[str, Any], protoco
 
 @fuzz
 @given(valid_frames(), st.integers(2**53, 2**64) | st.integers(-(2**64), -(2**53)) | st.booleans() | st.floats())
-def test_refs_of_other_types_or_out_of_range_are_refused(
-    case: tuple[dict[str, Any], protocol.ClientFrame], ref
-) -> None:
+def test_refs_of_other_types_or_out_of_range_are_refused(case: tuple[dict[str, Any], ClientFrame], ref) -> None:
     """Refs that are booleans, floats or integers beyond 2^53 are refused."""
     frame, _ = case
     with pytest.raises(ProtocolError):
@@ -163,7 +161,7 @@ def test_refs_of_other_types_or_out_of_range_are_refused(
 
 @fuzz
 @given(valid_frames(), st.text(max_size=80))
-def test_room_ids_are_checked_exactly(case: tuple[dict[str, Any], protocol.ClientFrame], room: str) -> None:
+def test_room_ids_are_checked_exactly(case: tuple[dict[str, Any], ClientFrame], room: str) -> None:
     """A room or bot id is accepted exactly when it is 1-64 ASCII letters, digits, '_', '.' or '-'."""
     frame, _ = case
     key = "bot" if frame["type"].startswith("bot.") else "room"
@@ -284,7 +282,7 @@ def test_peek_ref_never_raises(raw: str | bytes) -> None:
 
 @fuzz
 @given(valid_frames())
-def test_peek_ref_reads_the_ref_of_valid_frames(case: tuple[dict[str, Any], protocol.ClientFrame]) -> None:
+def test_peek_ref_reads_the_ref_of_valid_frames(case: tuple[dict[str, Any], ClientFrame]) -> None:
     """The ref peeked before decoding is the ref the decoder reads."""
     frame, expected = case
     assert protocol.peek_ref(wire(frame)) == expected.ref
