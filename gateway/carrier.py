@@ -73,6 +73,10 @@ class Carrier:
             case fx.Announce(room=room, frame=frame):
                 self._announcer.publish_soon(room, frame, exclude=connection.user)
 
+    def delivered(self, room: str, message_id: str) -> bool:
+        """Whether the room's copy of ``message_id`` went out on this node already."""
+        return self._hub.delivered(room, message_id)
+
     def count(self, effect: fx.Count) -> None:
         if effect.counter == "frames_received":
             self._metrics.frames_received.labels(effect.label).inc()

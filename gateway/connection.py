@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 5.0
 INBOX_PAUSE = 64  # client frames waiting on an answer from the broker before reading pauses
 _PING = wf.control_frame(wf.OP_PING)
+# How long an ack waits for the room's copy of its message to share a write. The copy is one
+# pub/sub hop behind the ack, usually well under a millisecond; a copy held up by a broker
+# reconnect must not hold the ack up too.
+ACK_WAIT = 0.05
 
 
 class Connection(asyncio.Protocol):
@@ -68,6 +72,7 @@ class Connection(asyncio.Protocol):
         "closing",
         "compress",
         "deadline",
+        "held_acks",
         "idle",
         "max_buffer",
         "session",
@@ -100,6 +105,9 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None  # the token deadline when no sweep times it
         self._closing_task: asyncio.Task[None] | None = None
         self._corked: list[bytes] | None = None  # frames gathered for one write (see _cork)
+        # acks waiting for the room's copy of their message, by message id (see SendWithCopy);
+        # None when there are none, which the hub checks for every delivery
+        self.held_acks: dict[str, tuple[bytes, asyncio.TimerHandle]] | None = None
         # the socket side when this object is the transport's protocol (see take_over)
         self._reader: wf.FrameReader | None = None
         self._sweep: Sweep | None = None
@@ -140,6 +148,8 @@ class Connection(asyncio.Protocol):
         match effect:
             case fx.Send(frame=frame):
                 self.send(frame)
+            case fx.SendWithCopy():
+                self._send_with_copy(effect)
             case fx.Write(framed=framed):
                 self.write(framed)
             case fx.Close(code=code, reason=reason):
@@ -201,6 +211,38 @@ class Connection(asyncio.Protocol):
         self.transport.write(framed)
         if self.transport.get_write_buffer_size() > self.max_buffer:
             self._on_slow(self)
+
+    def _send_with_copy(self, effect: fx.SendWithCopy) -> None:
+        if self.compress or self._carrier.delivered(effect.room, effect.message_id):
+            self.send(effect.frame)
+            return
+        timer = asyncio.get_running_loop().call_later(ACK_WAIT, self._release_ack, effect.message_id)
+        if self.held_acks is None:
+            self.held_acks = {}
+        self.held_acks[effect.message_id] = (text_frame(effect.frame), timer)
+
+    def write_copy(self, framed: bytes, message_id: str) -> None:
+        """Write a room event; an ack held for it (see :meth:`_send_with_copy`) goes in the same write."""
+        held = self._take_ack(message_id)
+        if held is None:
+            self.write(framed)
+            return
+        ack, timer = held
+        timer.cancel()
+        self.write(framed + ack)
+
+    def _release_ack(self, message_id: str) -> None:
+        held = self._take_ack(message_id)
+        if held is not None:
+            self.write(held[0])
+
+    def _take_ack(self, message_id: str) -> tuple[bytes, asyncio.TimerHandle] | None:
+        if self.held_acks is None:
+            return None
+        held = self.held_acks.pop(message_id, None)
+        if not self.held_acks:
+            self.held_acks = None
+        return held
 
     def _cork(self) -> None:
         """Gather the frames written from now on (the answers to one event) into one write."""
@@ -295,6 +337,9 @@ class Connection(asyncio.Protocol):
         return None  # the peer is done sending: let the transport close
 
     def connection_lost(self, exc: Exception | None) -> None:
+        for _, timer in (self.held_acks or {}).values():
+            timer.cancel()
+        self.held_acks = None
         if self._peer_closed is not None and not self._peer_closed.done():
             self._peer_closed.set_result(None)
         self.closing = True

@@ -30,6 +30,20 @@ class Send:
 
 
 @dataclass(frozen=True, slots=True)
+class SendWithCopy:
+    """Send ``frame`` (the ack of a stored message) together with the room's copy of that message.
+
+    The room's copy reaches this connection through the room's fan-out a moment later; the two go
+    out in one write, which saves a socket write per message. When the copy was written already,
+    or does not come soon, the frame goes out on its own: it is never held for long.
+    """
+
+    frame: bytes
+    room: str
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Write:
     """Write a room event that is already framed for the WebSocket (see gateway.wire)."""
 
@@ -152,6 +166,7 @@ class CheckToken:
 
 Effect = (
     Send
+    | SendWithCopy
     | Write
     | Close
     | Schedule

@@ -63,7 +63,10 @@ class Hub:
                 continue
             if connection.session.pending and connection.session.buffered(room, message_id, position, framed):
                 continue
-            connection.write(framed)
+            if connection.held_acks is not None:
+                connection.write_copy(framed, message_id)
+            else:
+                connection.write(framed)
             delivered += 1
         if self._observer is not None:
             self._observer.delivered(frame, delivered, message_id, time.perf_counter() - started)
@@ -136,6 +139,11 @@ class Hub:
                 continue  # already delivered from history
             self.deliver(room, packet)
         return page.complete
+
+    def delivered(self, room: str, message_id: str) -> bool:
+        """Whether this node has written ``message_id`` of ``room`` to the room's members already."""
+        last = self.last_ids.get(room)
+        return last is not None and not protocol.id_newer(message_id, last)
 
     def local_users(self, room: str) -> set[str]:
         return {c.user for c in self.rooms.get(room, ())}

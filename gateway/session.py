@@ -108,9 +108,11 @@ class Session:
             case ev.RoomOpened():
                 return self._room_opened(answer)
             case ev.Stored(request=request, id=message_id, ts=ts, queued=queued, duplicate=duplicate):
-                ack = self._send(sf.Ack(message_id, ts, queued, request.ref))
+                ack = sf.encode(sf.Ack(message_id, ts, queued, request.ref))
+                if duplicate:  # nothing was published: there is no copy to wait for
+                    return [fx.Send(ack)]
                 # this connection gets its copy of the message with the room's, in the room's order
-                return [ack] if duplicate else [fx.Count("messages_published"), ack]
+                return [fx.Count("messages_published"), fx.SendWithCopy(ack, request.room, message_id)]
             case ev.BotChanged(request=request, bot=bot):
                 return [self._send(sf.BotStatusReply(bot.id, bot.status.value, request.ref))]
             case ev.TokenChecked(request=request, principal=principal):

@@ -188,8 +188,12 @@ def test_a_message_stops_typing_is_stored_and_acknowledged() -> None:
     assert stop == fx.SetTyping(ROOM, False)
     assert orjson.loads(b"{" + append.tail) == {"room": ROOM, "from": {"kind": "user", "id": "alice"}, "text": "hello"}
     effects = session.handle(ev.Stored(append, "9-0", 9, True), NOW)
-    assert frames(effects) == [{"type": "ack", "id": "9-0", "ts": 9, "queued": True, "ref": "m"}]
+    # the ack goes with the room's copy of the message, which this connection gets too
+    (ack,) = only(effects, fx.SendWithCopy)
+    assert (ack.room, ack.message_id) == (ROOM, "9-0")
+    assert orjson.loads(ack.frame) == {"type": "ack", "id": "9-0", "ts": 9, "queued": True, "ref": "m"}
     assert fx.Count("messages_published") in effects
+    # a duplicate published nothing: its ack has no copy to wait for
     assert frames(session.handle(ev.Stored(append, "9-0", 9, False, duplicate=True), NOW)) == [
         {"type": "ack", "id": "9-0", "ts": 9, "ref": "m"}
     ]
