@@ -1,16 +1,10 @@
-"""A worker: serves its bots' inboxes with bounded concurrency, strictly in order per bot.
+"""A worker: its loops that bring requests in, and its start, drain and stop.
 
 Three loops run while the worker is up: the lease loop (the roster's tick, a third of the lease
 time), the read loop (one blocking read over every bot ready for a request) and the reclaim loop
-(stale pending requests of bots whose previous server died, after the visibility timeout). A bot's
-requests are handled one at a time, in order: while one is handled, the next one may be read ahead
-and waits behind it (``MAX_TAKEN``), so the bot stays in the blocking read and a reply does not
-have to interrupt that read. Up to ``worker_concurrency`` requests run at once; taken requests
-beyond that wait for a slot.
-
-A request left pending (its handling failed on a broker error) makes the bot *recovering*: the
-requests read ahead behind it are dropped here but stay pending, and the reclaim loop hands them
-all out again, oldest first, before new ones are read.
+(stale pending requests of bots whose previous server died, after the visibility timeout). What
+they read or reclaim goes to the :class:`~worker.dispatch.Dispatcher`, which runs each bot's
+requests in order with bounded concurrency.
 
 ``stop()`` takes no new requests, lets the taken ones finish within ``drain_seconds``, gives the
 rest back to the queue (still pending, in their place; the bot's next worker reclaims them at
@@ -23,17 +17,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from typing import Any
 
 from shared.broker.base import BotRegistry, BrokerUnavailable, FanOut, History, Replies
-from shared.broker.queue import BotLeases, BotQueue, GroupMissing, Request, WorkerRoster
+from shared.broker.queue import BotLeases, BotQueue, GroupMissing, WorkerRoster
 from shared.settings import Settings
 from worker.context import RoomEvents
-from worker.handling import INTERRUPTED, RequestHandler
+from worker.dispatch import Dispatcher
+from worker.handling import RequestHandler
 from worker.kinds import KindCatalog
 from worker.metrics import WorkerMetrics
-from worker.roster import MAX_TAKEN, Roster, ServedBot
+from worker.roster import Roster, ServedBot
 
 log = logging.getLogger(__name__)
 READ_BLOCK = 1.0  # longest blocking read; a wake() ends it earlier when the ready bots change
@@ -74,10 +68,17 @@ class Worker:
         self.handler = RequestHandler(
             settings, self.consumer, history, queue, RoomEvents(fanout), self.metrics, self.stopping, replies
         )
+        self.dispatch = Dispatcher(
+            settings,
+            self.consumer,
+            queue,
+            self.roster,
+            self.handler,
+            slot_freed=self._slot_freed,
+            bot_ready=self._bot_ready,
+        )
         self._ready_changed = asyncio.Event()  # a bot became ready or a slot freed
         self._bots_changed = asyncio.Event()  # bots came or went: a new one may have requests to reclaim
-        self._running: dict[asyncio.Task[None], ServedBot] = {}  # requests being handled, by bot
-        self._waiting: deque[ServedBot] = deque()  # bots whose next taken request waits for a slot
         self._reading: frozenset[str] = frozenset()  # the bots of the read in flight
         self._waking: asyncio.Task[None] | None = None  # a wake of that read on its way
         self._loops: list[asyncio.Task[None]] = []
@@ -120,17 +121,8 @@ class Worker:
         self._changed()
         lease_loop, *others = self._loops
         await asyncio.gather(*others, return_exceptions=True)
-        deadline = time.monotonic() + drain
-        while self._running and (remaining := deadline - time.monotonic()) > 0:
-            await asyncio.wait(list(self._running), timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
         # every request still taken, each bot's in order; released in that order, they keep their places
-        left = [request for served in [*self._running.values(), *self._waiting] for request in served.taken]
-        if left:
-            log.warning("drain time is over: %d requests go back to the queue for another worker", len(left))
-        self._waiting.clear()
-        for task in list(self._running):
-            task.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
+        left = await self.dispatch.drain(drain)
         await self.handler.events.flush()
         with contextlib.suppress(BrokerUnavailable, OSError):
             for request in left:
@@ -176,7 +168,7 @@ class Worker:
         while not self.stopping.is_set():
             ready = self.roster.ready()
             self._ready_changed.clear()
-            if not ready or len(self._running) >= self.settings.worker_concurrency:
+            if not ready or self.dispatch.full:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._ready_changed.wait(), READ_BLOCK)
                 continue
@@ -190,7 +182,7 @@ class Worker:
                 finally:
                     self._reading = frozenset()
                 for request in requests:
-                    await self._take(request, read=True)
+                    await self.dispatch.take(request, read=True)
                 backoff = 0.1
             except Exception as exc:  # the loop must outlive any failure
                 if isinstance(exc, BrokerUnavailable | OSError):
@@ -242,104 +234,27 @@ class Worker:
 
     async def _reclaim(self, *, all_idle: bool) -> None:
         for served in self.roster.reclaimable(all_idle=all_idle):
-            if self.stopping.is_set() or len(self._running) >= self.settings.worker_concurrency:
+            if self.stopping.is_set() or self.dispatch.full:
                 return
             timeout = self.settings.visibility_timeout
             reclaimed = await self.queue.reclaim(self.consumer, served.id, min_idle=timeout, count=1)
             if reclaimed:
                 log.info("reclaimed request %s of bot %s", reclaimed[0].message_id, served.id)
-                await self._take(reclaimed[0])
+                await self.dispatch.take(reclaimed[0])
             elif served.recovering and await self.queue.pending(served.id) == 0:
                 served.recovering = False  # every old request is answered: new ones may flow
                 self._changed()
 
-    # -- requests ---------------------------------------------------------------------------------
-    async def _take(self, request: Request, *, read: bool = False) -> None:
-        served = self.roster.served.get(request.bot)
-        if served is None or not served.taking:
-            # the bot left this worker while the request was on its way: give it back in its place
-            await self.queue.release(self.consumer, request)
-            return
-        if read and served.recovering:
-            # read just as the request before it was left pending: it stays pending too, behind that
-            # one, and is reclaimed after it (released, it would be reclaimed first)
-            return
-        if len(served.taken) >= MAX_TAKEN:
-            # reads leave such a bot out, so this is a race: give the request back and recover the
-            # bot, which reclaims it once the ones taken before it are over
-            served.recovering = True
-            await self.queue.release(self.consumer, request)
-            return
-        served.taken.append(request)
-        if served.serving:
-            if served.policy == "interrupt" and _same_user(served.taken[0], request):
-                # the user sent again while the bot answers them: that reply stops where it is
-                self.handler.cancel(request.bot, served.taken[0].message_id, because=INTERRUPTED)
-            return  # read ahead: it runs when the one before it is over
-        served.serving = True
-        if len(self._running) < self.settings.worker_concurrency:
-            self._run(served)
-        else:
-            self._waiting.append(served)
-
-    def _run(self, served: ServedBot) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve(served))
-        self._running[task] = served
-        task.add_done_callback(self._finished)
-
-    async def _serve(self, served: ServedBot) -> None:
-        """Handle the bot's taken requests in order; step aside after each one while other bots wait for a slot."""
-        waiting = False
-        try:
-            while served.taken:
-                await self._handle(served, served.taken[0])
-                if served.taken and self._waiting:
-                    self._waiting.append(served)
-                    waiting = True
-                    return
-        finally:
-            served.serving = waiting
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._running.pop(task, None)
-        if task.cancelled():
-            return
-        if self._waiting:
-            self._run(self._waiting.popleft())
-        if len(self._running) < self.settings.worker_concurrency and not self._reading:
+    # -- signals from the dispatcher ----------------------------------------------------------
+    def _slot_freed(self) -> None:
+        """A request is over and a slot is free."""
+        if not self._reading:
             self._ready_changed.set()  # a read loop waiting for a free slot may read again
 
-    async def _handle(self, served: ServedBot, request: Request) -> None:
-        finished = False
-        try:
-            finished = await self.handler.handle(served, request)
-        except (BrokerUnavailable, OSError) as exc:
-            log.warning("request %s of bot %s left pending: %s", request.message_id, request.bot, exc)
-        except Exception:
-            log.exception("request %s of bot %s left pending", request.message_id, request.bot)
-        finally:
-            served.taken.popleft()
-            if not finished:
-                # still pending: reclaim it before reading newer ones; those read ahead stay pending
-                # behind it and are reclaimed after it
-                served.recovering = True
-                served.taken.clear()
-            try:
-                await self._after(served)
-            except Exception as exc:  # the next tick stops the bot instead
-                log.warning("finishing the stop of bot %s failed: %s", request.bot, exc)
-            if served.ready and served.id not in self._reading:
-                self._wake_reader()  # it had a request read ahead, so the read in flight leaves it out
-
-    async def _after(self, served: ServedBot) -> None:
-        """A request of the bot is over: give back the ones read ahead if the bot stops or moved."""
-        if served.taken and not (served.taking and self.roster.served.get(served.id) is served):
-            left = list(served.taken)
-            served.taken.clear()
-            for request in left:
-                await self.queue.release(self.consumer, request)
-        if not served.taken:
-            await self.roster.after_request(served)
+    def _bot_ready(self, served: ServedBot) -> None:
+        """A request of the bot is over and it may take a new one."""
+        if served.id not in self._reading:
+            self._wake_reader()  # it had a request read ahead, so the read in flight leaves it out
 
     def _changed(self) -> None:
         """Bots became ready, came or went: let the read and reclaim loops look again at once."""
@@ -348,14 +263,10 @@ class Worker:
 
     async def _update_load(self) -> None:
         self.load.bots = len(self.roster.served)
-        self.load.in_flight = len(self._running)
+        self.load.in_flight = self.dispatch.in_flight
         if time.monotonic() - self._last_backlog < BACKLOG_EVERY:
             return
         self._last_backlog = time.monotonic()
         backlogs = await asyncio.gather(*(self.queue.backlog(bot) for bot in self.roster.served))
         self.load.queue_depth = sum(b.waiting for b in backlogs)
         self.load.oldest_age = max((b.oldest_age for b in backlogs), default=0.0)
-
-
-def _same_user(earlier: Request, later: Request) -> bool:
-    return earlier.sender.get("kind") == "user" and earlier.sender.get("id") == later.sender.get("id")
