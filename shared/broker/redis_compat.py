@@ -25,10 +25,12 @@ all of them). The rest of the broker uses only the public client, pipeline and p
 7. :func:`sentinel_connections` reads ``SentinelConnectionPool.sentinel_manager.sentinels``:
    closing the master's client leaves the connections to the sentinels open.
 9. :class:`BatchConnection` holds one connection of a (non-cluster) client's pool for the command
-   pipe and sends each batch packed by hiredis in one write, reading the replies in order with
-   ``send_packed_command``/``read_response``: redis-py's pipeline object, retry wrapper, response
-   callbacks and pool checkout cost more per round trip than the commands themselves. Replies
-   come as Redis sends them (no callbacks); the broker reads every reply shape either way.
+   pipe, takes over its transport (``Connection._writer``) once redis-py has connected it, and
+   reads the replies with a :class:`~shared.broker.reply_link.ReplyLink`, which turns Redis's
+   error replies into redis-py's exceptions with its hiredis parser's ``parse_error``: redis-py's
+   pipeline object, retry wrapper, response callbacks, pool checkout and per-reply coroutines
+   cost more per round trip than the commands themselves. Replies come as Redis sends them (no
+   callbacks); the broker reads every reply shape either way.
 8. :func:`next_event` reads with ``PubSub.parse_response`` and hands only replies that are not
    room events to ``PubSub.handle_message``: for every event that one builds a dict and awaits an
    observability hook, a large share of a node's time in small rooms; events need neither.
@@ -39,19 +41,23 @@ It also gives types to the few public calls redis-py leaves unannotated (:func:`
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 from hiredis import pack_command
+from redis._parsers.hiredis import _AsyncHiredisParser as _HiredisParser
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, ConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError, SlotNotCoveredError
+from redis.exceptions import InvalidResponse, SlotNotCoveredError
+
+from shared.broker.reply_link import ReplyLink
 
 
 class ReportingPubSub(PubSub):
@@ -179,9 +185,11 @@ async def next_event(pubsub: PubSub) -> PubSubEvent | dict[str, Any] | None:
 class BatchConnection:
     """The command pipe's own connection on a single server or Sentinel master (see item 9)."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, preamble: Callable[[], Sequence[tuple[Any, ...]]]) -> None:
         self._pool = client.connection_pool
+        self._preamble = preamble  # commands sent first on every new connection
         self._connection: Connection | None = None
+        self._link: ReplyLink | None = None
 
     async def send(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Each command's reply, or the ResponseError Redis answered it with, in order.
@@ -196,28 +204,43 @@ class BatchConnection:
             return await self._send(commands)
 
     async def _send(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        connection = self._connection
-        if connection is None:
-            got = await self._pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
-            connection = self._connection = cast(Connection, got)
+        link = self._link
+        if link is None or not link.usable:
+            link = await self._connect()
         try:
-            await connection.send_packed_command(b"".join(pack_command(c) for c in commands), check_health=False)
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:  # that command's answer; the next reply follows it
-                    replies.append(exc)
-            return replies
+            return await link.send(b"".join(pack_command(c) for c in commands), len(commands))
         except BaseException:
-            # a reply may be half read: this connection is out of step for good
-            self._connection = None
-            await connection.disconnect()
-            await self._pool.release(connection)
+            # lost, or a reply may be half read: this connection is out of step for good
+            await self._drop()
             raise
 
-    async def close(self) -> None:
-        if self._connection is not None:
-            connection, self._connection = self._connection, None
+    async def _connect(self) -> ReplyLink:
+        await self._drop()
+        got = await self._pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+        connection = self._connection = cast(Connection, got)
+        writer = connection._writer
+        if writer is None:  # get_connection() connects: a pool that did not is a link error
+            raise RedisConnectionError("the pipe's connection did not connect")
+        transport = cast(asyncio.Transport, writer.transport)
+        link = self._link = ReplyLink(transport, _HiredisParser.parse_error, InvalidResponse)
+        preamble = self._preamble()
+        try:
+            for reply in await link.send(b"".join(pack_command(c) for c in preamble), len(preamble)):
+                if isinstance(reply, Exception):
+                    raise reply
+        except BaseException:
+            await self._drop()
+            raise
+        return link
+
+    async def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
+        if connection is not None:
             await connection.disconnect()
             await self._pool.release(connection)
+
+    async def close(self) -> None:
+        await self._drop()

@@ -64,6 +64,18 @@ class Script:
     def __init__(self, name: str) -> None:
         self.source = resources.files("shared.broker").joinpath("lua", f"{name}.lua").read_text()
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+        SCRIPTS.append(self)
+
+
+# Every script, loaded on each new connection of the pipe before anything else is sent on it. A
+# server that lacks a script answers its EVALSHA with NOSCRIPT, and the EVAL sent after that goes
+# out behind commands queued meanwhile: on a fresh or restarted server the first request's
+# "processing" would reach the room after the bot's "thinking". Loading first keeps the order.
+SCRIPTS: list[Script] = []
+
+
+def load_scripts() -> list[tuple[Any, ...]]:
+    return [("SCRIPT", "LOAD", script.source) for script in SCRIPTS]
 
 
 class CommandPipe:
@@ -77,7 +89,8 @@ class CommandPipe:
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self._batches = None if isinstance(client, RedisCluster) else BatchConnection(client)
+        # on a cluster, scripts are cached node by node on first use (EVALSHA, then EVAL)
+        self._batches = None if isinstance(client, RedisCluster) else BatchConnection(client, load_scripts)
         self._queue: deque[tuple[tuple[Any, ...], asyncio.Future[Any]]] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
