@@ -76,14 +76,8 @@ def make_broker(settings: Settings, *, store: Any = None) -> Broker:
 
 
 def _memory_broker(settings: Settings, store: Any) -> Broker:
-    from shared.broker.memory import (
-        MemoryBotRegistry,
-        MemoryFanOut,
-        MemoryHistory,
-        MemoryPresence,
-        MemoryRevocations,
-        MemoryStore,
-    )
+    from shared.broker.memory import MemoryBotRegistry, MemoryFanOut, MemoryPresence, MemoryRevocations, MemoryStore
+    from shared.broker.memory_history import MemoryHistory
     from shared.broker.memory_queue import MemoryBotQueue
     from shared.broker.memory_streams import MemoryReplies
     from shared.broker.memory_workers import MemoryBotLeases, MemoryWorkerRoster
@@ -120,7 +114,8 @@ def _memory_broker(settings: Settings, store: Any) -> Broker:
 
 
 def _redis_broker(settings: Settings) -> Broker:
-    from shared.broker.redis import RedisBotRegistry, RedisFanOut, RedisHistory, RedisPresence, RedisRevocations
+    from shared.broker.redis import RedisBotRegistry, RedisFanOut, RedisPresence, RedisRevocations
+    from shared.broker.redis_history import RedisHistory
     from shared.broker.redis_link import LINK_ERRORS, CommandPipe
     from shared.broker.redis_queue import RedisBotQueue
     from shared.broker.redis_streams import RedisReplies

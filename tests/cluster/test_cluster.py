@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from shared import protocol
-from shared.broker.redis import RedisHistory
+from shared.broker.redis_history import RedisHistory
 from shared.broker.redis_link import CommandPipe
 from shared.broker.redis_queue import RedisBotQueue
 from shared.broker.redis_topology import open_topology

@@ -11,9 +11,9 @@
 --       11 publish command (PUBLISH or SPUBLISH), 12 most requests a bot's inbox may hold,
 --       13 "1" to tell readers on the inbox's own shard channel that a request is queued,
 --       14 reply_to ("" = not a reply), 15 "1" to store a reply although its request was cancelled
--- Templates are written in Python (shared/broker/redis.py); each NUL byte in one is a hole that
--- this script fills with the id or the time the XADD gave, in the order listed there. JSON as
--- Python writes it never holds a raw NUL byte, so no other byte is taken for a hole.
+-- Templates are written in Python (shared/broker/redis_history.py); each NUL byte in one is a
+-- hole that this script fills with the id or the time the XADD gave, in the order listed there.
+-- JSON as Python writes it never holds a raw NUL byte, so no other byte is taken for a hole.
 -- Returns {id, duplicate, queued}, {"", 0, 0} when the bot's inbox is full, {"", 1, 0} when the
 -- request a reply answers was cancelled (nothing stored either way).
 local function fill(template, ...)
