@@ -7,6 +7,7 @@ bot workers inside the gateway when no Redis URL is set.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import secrets
@@ -24,6 +25,7 @@ PROG = "chat-gateway"
 # storm wait for TCP retries (a second or more each) once a node's clients all come back at once
 # (the kernel caps it at net.core.somaxconn)
 LISTEN_BACKLOG = 4096
+GC_YOUNG_THRESHOLD = 20_000  # allocations between two collections of the young generation (default 700)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,6 +79,20 @@ def embedded_workers(settings: Settings) -> list[Callable[[web.Application], Asy
     return [workers]
 
 
+def tune_gc() -> None:
+    """Fewer, cheaper collections of the cyclic garbage collector on a node.
+
+    A node allocates a few objects per frame and keeps a few per connection; with the default
+    first threshold (700 allocations) it collected so often that, in a reconnect storm of 10,000
+    connections, the collector took 14-22% of the node's CPU, most of it in full collections over
+    every object the node holds. Everything loaded at start-up is moved out of the collector's
+    sight (it lives as long as the process), and the young generation is collected less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+
+
 async def serve(app: web.Application, settings: Settings, banner: str | None) -> None:
     """Serve until SIGTERM/SIGINT, then drain while still listening, so readyz answers 503 meanwhile."""
     from gateway.access_log import AccessLogger
@@ -89,6 +105,7 @@ async def serve(app: web.Application, settings: Settings, banner: str | None) ->
         shutdown_timeout=settings.drain_seconds + 5,
     )
     await runner.setup()
+    tune_gc()
     try:
         await web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG).start()
         if banner:

@@ -19,7 +19,7 @@ import jwt
 from gateway.claims import claims_of, principal_from
 from gateway.jwks import JwksCache
 from gateway.principal import AuthError, Principal
-from gateway.signing_keys import ASYMMETRIC_ALGORITHMS, SigningKey, hmac_key, load_pem
+from gateway.signing_keys import ASYMMETRIC_ALGORITHMS, SigningKey, hmac_key, load_pem, register_prepared_hmac
 from gateway.token_cache import VerifiedTokens
 from shared.settings import Settings, SettingsError
 
@@ -39,6 +39,7 @@ class TokenVerifier:
         """
         self._settings = settings  # leeway, audience and issuer
         self._jws = jwt.PyJWS()  # signature checks only; claims are checked by gateway.claims
+        register_prepared_hmac(self._jws)
         secret = settings.jwt_secret if secret is None else secret
         # The secret and the PEM key are local, so they are tried before anything is fetched.
         self._static: list[SigningKey] = []

@@ -18,12 +18,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from jwt.algorithms import ECAlgorithm, HMACAlgorithm, RSAAlgorithm
 
 from gateway.auth import TokenVerifier, token_from_request
 from gateway.jwks import JWKS_EMPTY_RETRY, JWKS_MIN_INTERVAL, JWKS_TTL
 from gateway.mint import mint_token
 from gateway.principal import AUTH_REASONS, AuthError, Principal
+from gateway.signing_keys import PreparedHmac
 from shared.settings import Settings, SettingsError
 from tests.procs import TEST_SECRET, free_port, scaled
 
@@ -669,3 +670,13 @@ def test_minted_token_minimal_claims():
     token = mint_token(TEST_SECRET, "dave", ttl=0.5, now=NOW)
     payload = jwt.decode(token, TEST_SECRET, algorithms=["HS256"], options={"verify_exp": False})
     assert payload == {"sub": "dave", "iat": int(NOW), "exp": int(NOW) + 1}
+
+
+def test_hmac_secrets_are_prepared_once_and_key_text_is_still_refused() -> None:
+    """The verifier's HMAC algorithm keeps pyjwt's refusal of PEM/SSH text as a secret."""
+    algorithm = PreparedHmac(HMACAlgorithm.SHA256)
+    assert algorithm.prepare_key("s3cret") is algorithm.prepare_key(b"s3cret")
+    public_pem = pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    for _ in range(2):  # refused every time: a refusal is never cached as a key
+        with pytest.raises(jwt.InvalidKeyError):
+            algorithm.prepare_key(public_pem)
