@@ -2,7 +2,8 @@
 
 ``Session.handle(event, now)`` is all there is. The session holds what the connection is
 (principal, joined rooms, rooms being joined and the live events buffered for them, rate
-limit, token deadline) and decides every frame the client gets; it never touches a socket, a
+limit, token deadline) and decides every frame the client gets (the rooms and the steps of a
+join are its :class:`~gateway.memberships.Memberships`); it never touches a socket, a
 timer or the broker. What it needs from the outside world it asks for with an effect, and the
 answer comes back as the next event (see :mod:`gateway.events`). The
 :class:`~gateway.connection.Connection` carries the effects out, so tests drive a session with
@@ -19,13 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import effects as fx
 from gateway import events as ev
-from gateway import replay
+from gateway.memberships import Memberships
 from gateway.ratelimit import TokenBucket
 from shared import protocol
 from shared import server_frames as sf
 from shared.client_frames import Auth, BotCommand, Cancel, ClientFrame, Join, Leave, Ping, SendMessage, Typing
 from shared.errors import ChatError, CloseCode, ErrorCode
-from shared.packets import StreamPosition
 
 if TYPE_CHECKING:
     from gateway.principal import Principal
@@ -55,16 +55,14 @@ def user_ref(principal: Principal) -> dict[str, Any]:
     return ref
 
 
-class Session:
-    __slots__ = ("_bucket", "_strikes", "close_reason", "closed", "id", "limits", "pending", "principal", "rooms")
+class Session(Memberships):
+    __slots__ = ("_bucket", "_strikes", "close_reason", "closed", "id", "limits", "principal")
 
     def __init__(self, session_id: str, principal: Principal, limits: SessionLimits, now: float) -> None:
+        super().__init__()
         self.id = session_id
         self.principal = principal
         self.limits = limits
-        self.rooms: set[str] = set()
-        # rooms being joined: their live events wait here as (message id, framed bytes) until replay is done
-        self.pending: dict[str, list[replay.Waiting]] = {}
         self.closed = False  # a Close effect was returned: nothing more is sent
         self.close_reason = "client"  # the label the connection's end is counted under
         self._bucket = TokenBucket(limits.messages_per_second, limits.messages_burst, now)
@@ -78,18 +76,6 @@ class Session:
     def deadline(self) -> float:
         """When the token expires, leeway included (wall clock)."""
         return self.principal.exp + self.limits.jwt_leeway
-
-    def buffered(self, room: str, message_id: str, position: StreamPosition | None, framed: bytes) -> bool:
-        """Keep a live event of a room being joined; False when the room is not being joined.
-
-        Not an event: it runs for every member of a room on every delivery, so it stays a
-        dictionary lookup. The events kept here go out in ``RoomOpened``, after the replay.
-        """
-        waiting = self.pending.get(room)
-        if waiting is None:
-            return False
-        waiting.append((message_id, position, framed))
-        return True
 
     def handle(self, event: ev.Event, now: float) -> list[fx.Effect]:
         """Everything the connection must do because of ``event``, in order."""
@@ -106,7 +92,7 @@ class Session:
             case ev.BotFound():
                 return self._bot_found(answer)
             case ev.RoomOpened():
-                return self._room_opened(answer)
+                return self.room_opened(answer, self.user, self.limits.presence_limit)
             case ev.Stored(request=request, id=message_id, ts=ts, queued=queued, duplicate=duplicate):
                 ack = sf.encode(sf.Ack(message_id, ts, queued, request.ref))
                 if duplicate:  # nothing was published: there is no copy to wait for
@@ -138,10 +124,8 @@ class Session:
                 message = "the token expired; reconnect with a new one"
                 return self._close(CloseCode.AUTH, "token expired", "expired", ErrorCode.TOKEN_EXPIRED, message)
             case ev.Evicted(room=room):
-                if room not in self.rooms and room not in self.pending:
+                if not self.drop(room):
                     return []
-                self.rooms.discard(room)
-                self.pending.pop(room, None)
                 return [self._send(sf.Left(room, "removed")), fx.LeaveRoom(room)]
             case ev.Revoked():
                 return self._close(
@@ -152,11 +136,8 @@ class Session:
                 self.closed = True
                 return [fx.Close(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")]
             case ev.Closed():
-                rooms = [*self.rooms, *self.pending]
-                self.rooms.clear()
-                self.pending.clear()
                 self.closed = True
-                return [fx.LeaveRoom(room) for room in rooms]
+                return [fx.LeaveRoom(room) for room in self.drop_all()]
         raise TypeError(f"not a session event: {event!r}")
 
     # -- client frames -----------------------------------------------------------------------
@@ -209,10 +190,9 @@ class Session:
                 return [fx.CheckToken(token, ref)]
 
     def _join(self, room: str, since: str | None, ref: fx.Ref) -> list[fx.Effect]:
-        if room in self.pending:
-            return [self._error(ErrorCode.BAD_REQUEST, "already joining this room", ref)]
-        if room not in self.rooms and len(self.rooms) + len(self.pending) >= self.limits.max_rooms:
-            return [self._error(ErrorCode.RATE_LIMITED, f"at most {self.limits.max_rooms} rooms", ref)]
+        refused = self.join_refused(room, self.limits.max_rooms)
+        if refused is not None:
+            return [self._error(*refused, ref)]
         return [fx.LookUpBot(room, fx.Purpose.JOIN, ref, since=since)]
 
     @staticmethod
@@ -235,36 +215,12 @@ class Session:
             case fx.Purpose.JOIN:
                 if not bot.may_use(principal.user, is_admin=principal.is_admin, members=found.members):
                     return [self._error(ErrorCode.FORBIDDEN, "you may not join this room", request.ref)]
-                self.pending[bot.id] = []
-                self.rooms.discard(bot.id)  # a rejoin replays like a first join
+                self.begin_join(bot.id)
                 return [fx.OpenRoom(bot.id, request.since, bot, request.ref)]
             case fx.Purpose.REFUSE:
                 if not bot.may_use(principal.user, is_admin=principal.is_admin, members=found.members):
                     return [self._error(ErrorCode.FORBIDDEN, "you may not use this room", request.ref)]
                 return [self._error(ErrorCode.BAD_REQUEST, "join the room first", request.ref)]
-
-    def _room_opened(self, opened: ev.RoomOpened) -> list[fx.Effect]:
-        """Joined: the reply, then what was missed and the live events buffered meanwhile, once each."""
-        request = opened.request
-        room = request.room
-        waiting = self.pending.pop(room, None)
-        if waiting is None:
-            return [fx.LeaveRoom(room)]  # evicted while joining: the client was told with left
-        joined = sf.Joined(
-            room,
-            (opened.bot or request.bot).summary(),
-            opened.members,
-            opened.member_count,
-            opened.last_id,
-            opened.recovered,
-            request.ref,
-        )
-        effects: list[fx.Effect] = [self._send(joined)]
-        effects += replay.merged(room, request.since, opened.replay, opened.streams, waiting)
-        self.rooms.add(room)
-        if opened.first_here and opened.member_count <= self.limits.presence_limit:
-            effects.append(fx.Announce(room, sf.encode(sf.PresenceEvent(room, self.user, "join"))))
-        return effects
 
     def _request_found(self, found: ev.RequestFound) -> list[fx.Effect]:
         """A cancel: the sender, the bot's owner and admins may stop a reply that has not ended."""
@@ -286,7 +242,7 @@ class Session:
 
     def _failed(self, request: fx.Effect, error: ChatError) -> list[fx.Effect]:
         effects: list[fx.Effect] = []
-        if isinstance(request, fx.OpenRoom) and self.pending.pop(request.room, None) is not None:
+        if isinstance(request, fx.OpenRoom) and self.abandon_join(request.room):
             effects.append(fx.LeaveRoom(request.room))  # undo what part of the join did happen
         ref = getattr(request, "ref", None)
         effects.append(self._error(error.code, error.message, ref))

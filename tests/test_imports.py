@@ -34,6 +34,7 @@ PURE: dict[str, frozenset[str]] = {
     "gateway/principal.py": IO,
     "gateway/claims.py": IO,
     "gateway/session.py": IO | {"asyncio"},  # sans-I/O: timers are effects the connection carries out
+    "gateway/memberships.py": IO | {"asyncio"},  # the session's rooms: as pure as the session
     "gateway/events.py": IO | {"asyncio"},  # what goes into and comes out of the session
     "shared/server_frames.py": IO,
     "gateway/ratelimit.py": IO,

@@ -17,9 +17,10 @@ import pytest
 from gateway import effects as fx
 from gateway import events as ev
 from gateway.auth import TokenVerifier
-from gateway.connection import ACK_WAIT, Connection
+from gateway.connection import Connection
 from gateway.metrics import GatewayMetrics
 from gateway.node import Node
+from gateway.outbox import ACK_WAIT
 from gateway.principal import Principal
 from gateway.wire import text_frame
 from shared import server_frames as sf
