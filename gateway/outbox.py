@@ -60,6 +60,8 @@ class Outbox:
 
     def send(self, frame: bytes) -> None:
         """Send one server frame (JSON bytes) to this client."""
+        if self.held_acks is not None:
+            self._release_acks()  # answers go out in the order of the frames they answer
         if self.compress:
             self._send_compressed(frame)
         else:
@@ -114,6 +116,12 @@ class Outbox:
         held = self._take_ack(message_id)
         if held is not None:
             self.write(held[0])
+
+    def _release_acks(self) -> None:
+        held, self.held_acks = self.held_acks or {}, None
+        for ack, timer in held.values():  # in the order they were held
+            timer.cancel()
+            self.write(ack)
 
     def _take_ack(self, message_id: str) -> tuple[bytes, asyncio.TimerHandle] | None:
         if self.held_acks is None:

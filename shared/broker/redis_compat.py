@@ -31,9 +31,13 @@ all of them). The rest of the broker uses only the public client, pipeline and p
    pipeline object, retry wrapper, response callbacks, pool checkout and per-reply coroutines
    cost more per round trip than the commands themselves. Replies come as Redis sends them (no
    callbacks); the broker reads every reply shape either way.
-8. :func:`next_event` reads with ``PubSub.parse_response`` and hands only replies that are not
-   room events to ``PubSub.handle_message``: for every event that one builds a dict and awaits an
-   observability hook, a large share of a node's time in small rooms; events need neither.
+8. :func:`next_event` reads a connected pub/sub connection's replies straight from its hiredis
+   parser (``Connection._parser``: its ``_reader``, ``read_from_socket`` and ``NOT_ENOUGH_DATA``)
+   and hands only replies that are not room events to ``PubSub.handle_message``. Through
+   ``PubSub.parse_response`` every event costs a health check, the retry wrapper, a timeout
+   context, a logger lookup and a debug call, then a dict and an observability hook: a large
+   share of a node's time in small rooms, which events need none of. A link error disconnects
+   the connection; the next read takes ``parse_response``, which reconnects and resubscribes.
 
 It also gives types to the few public calls redis-py leaves unannotated (:func:`close_pubsub`,
 :func:`sentinel_master`), so that ``mypy --strict`` checks their callers.
@@ -48,6 +52,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from hiredis import pack_command
+from redis._parsers.hiredis import NOT_ENOUGH_DATA
 from redis._parsers.hiredis import _AsyncHiredisParser as _HiredisParser
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -55,7 +60,7 @@ from redis.asyncio.connection import Connection, ConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, SlotNotCoveredError
+from redis.exceptions import InvalidResponse, RedisError, SlotNotCoveredError
 
 from shared.broker.reply_link import ReplyLink
 
@@ -175,11 +180,35 @@ PubSubEvent = tuple[bytes, bytes]  # (channel, data) of a published message
 async def next_event(pubsub: PubSub) -> PubSubEvent | dict[str, Any] | None:
     """The next reply of a subscribed connection: a room event as (channel, data), anything else
     (confirmations, pongs) as redis-py's message dict after its own bookkeeping, or None."""
-    response = await pubsub.parse_response(block=True)
+    connection = pubsub.connection
+    parser = connection._parser if connection is not None else None
+    if connection is None or not isinstance(parser, _HiredisParser) or not connection.is_connected:
+        response = await pubsub.parse_response(block=True)  # connects (again) first, and resubscribes
+    else:
+        response = await _read_reply(connection, parser)
     if isinstance(response, list) and len(response) == 3 and response[0] in (b"message", b"smessage"):
         return response[1], response[2]
     handled = await pubsub.handle_message(response)  # type: ignore[no-untyped-call]  # unannotated in redis-py
     return cast("dict[str, Any] | None", handled)
+
+
+async def _read_reply(connection: Connection, parser: _HiredisParser) -> Any:
+    reader = parser._reader
+    if reader is None:  # not connected after all: the next read reconnects
+        raise RedisConnectionError("the pub/sub connection is closed")
+    try:
+        response = reader.gets()
+        while response is NOT_ENOUGH_DATA:
+            await parser.read_from_socket()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+            response = reader.gets()
+    except (RedisError, OSError):
+        await connection.disconnect()  # a reply may be half read: the next read reconnects
+        raise
+    if isinstance(response, Exception):  # an error reply (MOVED, a refused command) or a broken stream
+        if isinstance(response, RedisConnectionError):
+            await connection.disconnect()
+        raise response
+    return response
 
 
 class BatchConnection:

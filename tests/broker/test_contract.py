@@ -16,7 +16,9 @@ import orjson
 import pytest
 
 from shared import packets, protocol
+from shared.broker import redis_pubsub
 from shared.broker.redis import RedisFanOut
+from shared.broker.redis_compat import next_event
 from shared.broker.redis_link import CommandPipe
 from shared.models import Bot, BotStatus
 from tests.broker.conftest import TIMEOUT, Event, MakeNodes, Node, redis_info
@@ -654,7 +656,9 @@ async def test_full_inbox_refuses_a_request_and_stores_nothing(make_nodes: MakeN
 
 
 @pytest.mark.parametrize("backend", ["redis"])
-async def test_a_read_loop_that_dies_is_restarted_and_reports_a_gap(make_nodes: MakeNodes) -> None:
+async def test_a_read_loop_that_dies_is_restarted_and_reports_a_gap(
+    make_nodes: MakeNodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An unexpected error inside the pub/sub read loop restarts it on a new connection; delivery goes on."""
     listener, publisher = make_nodes(2)
     fanout = listener.fanout
@@ -663,17 +667,16 @@ async def test_a_read_loop_that_dies_is_restarted_and_reports_a_gap(make_nodes: 
     fanout.set_gap_handler(gaps.set)
     await fanout.subscribe("lobby")
     link = next(iter(fanout._subscriber._links.values()))
-    real_parse_response = link.pubsub.parse_response
     failed = False
 
-    async def parse_response_failing_once(**options: Any) -> Any:
+    async def next_event_failing_once(pubsub: Any) -> Any:
         nonlocal failed
-        if not failed:
+        if pubsub is link.pubsub and not failed:
             failed = True
             raise RuntimeError("a reader bug")  # no error the loop expects: it ends the task
-        return await real_parse_response(**options)
+        return await next_event(pubsub)
 
-    link.pubsub.parse_response = parse_response_failing_once  # type: ignore[method-assign]
+    monkeypatch.setattr(redis_pubsub, "next_event", next_event_failing_once)
     await publisher.fanout.publish("lobby", ephemeral("wakes the reader"))
     await asyncio.wait_for(gaps.wait(), TIMEOUT)
     assert failed

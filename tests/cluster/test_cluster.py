@@ -94,7 +94,8 @@ async def test_echo_bots_on_different_shards_answer(
         await owner.expect("bot_status", bot=room, status="running", timeout=15)
     asked = [await owner.request({"type": "message", "room": room, "text": f"echo {room}"}, "ack") for room in rooms]
     for room, ack in zip(rooms, asked, strict=True):
-        reply = await bob.expect("message", reply_to=ack["id"], timeout=15)
+        # ids are per room: two rooms on two shards may hand out the same one in the same millisecond
+        reply = await bob.expect("message", room=room, reply_to=ack["id"], timeout=15)
         assert (reply["text"], reply["from"]["id"]) == (f"echo {room}", room)
 
 

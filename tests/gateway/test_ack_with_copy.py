@@ -108,3 +108,11 @@ async def test_a_duplicate_has_no_copy_and_its_ack_is_not_held(wired: Wired) -> 
     ack = await wired.stored("10-0", duplicate=True)
     assert wired.connection.held_acks is None
     assert await wired.read() == ack
+
+
+async def test_a_held_ack_goes_out_before_the_answer_to_a_later_frame(wired: Wired) -> None:
+    ack = await wired.stored("11-0")
+    await wired.connection.feed(ev.Received('{"type":"ping","ref":"p"}'))
+    pong = text_frame(sf.encode(sf.Pong("p")))
+    assert await wired.read() == ack + pong
+    assert wired.connection.held_acks is None

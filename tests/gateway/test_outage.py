@@ -9,6 +9,8 @@ import pytest
 
 from gateway.appkeys import NODE
 from shared import protocol
+from shared.broker import redis_pubsub
+from shared.broker.redis_compat import next_event
 from tests.nodes import Cluster
 from tests.procs import RedisServer, scaled
 
@@ -90,7 +92,7 @@ async def test_redis_restart_keeps_clients_and_resumes(own_redis: RedisServer, r
 
 
 async def test_a_dead_read_loop_makes_the_node_unready_until_its_probe_returns(
-    redis_url: str, redis_prefix: str
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A pub/sub read loop killed by an unexpected error: readyz turns 503, comes back 200, delivery goes on."""
     cluster = Cluster("redis", redis_url, redis_prefix)
@@ -106,17 +108,16 @@ async def test_a_dead_read_loop_makes_the_node_unready_until_its_probe_returns(
         node = cluster.servers[1].app[NODE]
         subscriber = node.broker.fanout._subscriber
         link = next(iter(subscriber._links.values()))
-        real_parse_response = link.pubsub.parse_response
         state = {"failed": False}
         statuses: list[int] = []
 
-        async def parse_response_failing_once(**options: object) -> object:
-            if not state["failed"]:
+        async def next_event_failing_once(pubsub: object) -> object:
+            if pubsub is link.pubsub and not state["failed"]:
                 state["failed"] = True
                 raise RuntimeError("a reader bug")
-            return await real_parse_response(**options)
+            return await next_event(pubsub)
 
-        link.pubsub.parse_response = parse_response_failing_once
+        monkeypatch.setattr(redis_pubsub, "next_event", next_event_failing_once)
         unready_until_probe = node.probe._answered
         first = await alice.request({"type": "message", "room": bot["id"], "text": "wakes the reader"}, "ack")
         deadline = asyncio.get_running_loop().time() + scaled(10)
