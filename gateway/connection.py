@@ -212,9 +212,13 @@ class Connection(Outbox, asyncio.Protocol):
         if not self.transport.is_reading():
             self.transport.resume_reading()
 
-    def start(self) -> None:
-        """Welcome the client (the session's first frames)."""
-        self._handle(ev.Opened())
+    def start(self, preface: bytes = b"") -> None:
+        """Welcome the client after ``preface`` (the 101 answer), in one write: a storm is made of these."""
+        self.cork()
+        if preface:
+            self.write(preface)
+        self._handle(ev.Opened())  # the welcome needs nothing from the broker: it is carried out now
+        self.uncork()
 
     def data_received(self, data: bytes) -> None:
         self.idle = 0

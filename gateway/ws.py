@@ -74,14 +74,14 @@ def take_over(request: web.Request, node: Node, principal: Principal, accept: st
     transport = request.transport
     if transport is None or transport.is_closing() or not isinstance(handler, RequestHandler):
         return web.Response(status=499)  # the client went away during the checks
-    transport.write(
+    switching = (
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Accept: " + accept.encode() + b"\r\n\r\n"
     )
     connection = node.open(principal, None, transport)
     connection.take_over(node.sweep, node.settings.max_frame_bytes)
     release(handler)
-    connection.start()
+    connection.start(switching)  # the 101 and the welcome in one write
     # aiohttp tries to send this and finds the socket gone, which ends its request cleanly
     return web.StreamResponse(status=101)
 
