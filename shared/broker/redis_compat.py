@@ -83,11 +83,16 @@ class ReportingPubSub(PubSub):
             self._on_reconnect()
 
     async def _resubscribe_shard_channels(self) -> None:
-        by_slot: dict[int, list[Any]] = defaultdict(list)
-        for channel in self.shard_channels:
-            by_slot[key_slot(self.encoder.encode(channel))].append(channel)
-        for channels in by_slot.values():
+        for channels in by_slot([self.encoder.encode(channel) for channel in self.shard_channels]):
             await self.execute_command("SSUBSCRIBE", *channels)
+
+
+def by_slot(channels: Sequence[bytes]) -> list[list[bytes]]:
+    """``channels`` grouped by cluster slot: one SSUBSCRIBE may only name channels of one slot."""
+    groups: dict[int, list[bytes]] = defaultdict(list)
+    for channel in channels:
+        groups[key_slot(channel)].append(channel)
+    return list(groups.values())
 
 
 def tracked_channels(pubsub: PubSub, *, shard: bool) -> dict[Any, Any]:

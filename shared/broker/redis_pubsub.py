@@ -21,6 +21,7 @@ from redis.exceptions import AskError, MovedError, RedisError, ResponseError
 from shared.broker.base import BrokerUnavailable
 from shared.broker.redis_compat import (
     ReportingPubSub,
+    by_slot,
     close_pubsub,
     drop_connection,
     forget_channel,
@@ -53,6 +54,9 @@ class Link:
         self.pubsub = ReportingPubSub(pool, on_reconnect=owner.reconnected)
         # redis-py's PubSub opens a connection per concurrent first command; only the last is read
         self._commands = asyncio.Lock()
+        # channels for the next SUBSCRIBE, and the future resolved once it went out
+        self._next_batch: tuple[list[bytes], asyncio.Future[None]] | None = None
+        self._senders: set[asyncio.Task[None]] = set()  # the tasks sending them (kept from GC)
         self._task: asyncio.Task[None] | None = None
         self._closed = False  # set by close(): a read loop that ends then is not restarted
         self._restarted = -RESTART_CALM  # when the read loop was last restarted (monotonic)
@@ -62,17 +66,42 @@ class Link:
         """The channels redis-py tracks on this connection (and subscribes again after a reconnect)."""
         return tracked_channels(self.pubsub, shard=self.shard)
 
-    async def _send_subscribe(self, channel: bytes) -> None:
-        await self.pubsub.subscribe(channel)
+    async def _send_subscribe(self, channels: list[bytes]) -> None:
+        await self.pubsub.subscribe(*channels)
 
     async def _send_unsubscribe(self, channel: bytes) -> None:
         await self.pubsub.unsubscribe(channel)
 
     async def subscribe(self, channel: bytes) -> None:
-        async with self._commands:
-            await self._send_subscribe(channel)
+        """SUBSCRIBE ``channel`` with the others asked for in this loop turn: in a reconnect storm one
+        command and one write carry many rooms' channels. Each is confirmed on its own (``confirmed``)."""
+        waiting = self._next_batch
+        if waiting is None:
+            loop = asyncio.get_running_loop()
+            waiting = self._next_batch = ([], loop.create_future())
+            waiting[1].add_done_callback(_retrieved)  # its callers may all be gone by then
+            # the task's first step comes after the callbacks ready now: the batch fills meanwhile
+            self._senders.add(sender := loop.create_task(self._send_batch(waiting)))
+            sender.add_done_callback(self._senders.discard)
+        waiting[0].append(channel)
+        await asyncio.shield(waiting[1])
         if self._task is None or self._task.done():
             self._start_reading()
+
+    async def _send_batch(self, batch: tuple[list[bytes], asyncio.Future[None]]) -> None:
+        channels, sent = batch
+        try:
+            async with self._commands:
+                if self._next_batch is batch:
+                    self._next_batch = None  # from here on, channels go into the next one
+                await self._send_subscribe(channels)
+        except Exception as exc:
+            sent.set_exception(exc)  # each caller gets the link error
+        except BaseException:  # the link is closing
+            sent.set_exception(BrokerUnavailable("the pub/sub connection is closing"))
+            raise
+        else:
+            sent.set_result(None)
 
     def _start_reading(self, *, rebuild: bool = False) -> None:
         task = asyncio.get_running_loop().create_task(self._read(rebuild=rebuild), name=f"redis-pubsub {self.name}")
@@ -152,6 +181,9 @@ class Link:
 
     async def close(self) -> None:
         self._closed = True
+        for sender in list(self._senders):
+            sender.cancel()
+        await asyncio.gather(*self._senders, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -166,8 +198,9 @@ class ShardLink(Link):
 
     shard = True
 
-    async def _send_subscribe(self, channel: bytes) -> None:
-        await self.pubsub.ssubscribe(channel)
+    async def _send_subscribe(self, channels: list[bytes]) -> None:
+        for group in by_slot(channels):
+            await self.pubsub.ssubscribe(*group)
 
     async def _send_unsubscribe(self, channel: bytes) -> None:
         await self.pubsub.sunsubscribe(channel)
@@ -265,3 +298,8 @@ class Subscriber:
         for link in list(self._links.values()):
             await link.close()
         self._links.clear()
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
