@@ -217,8 +217,7 @@ class Connection(Outbox, asyncio.Protocol):
         self.cork()
         if preface:
             self.write(preface)
-        self._handle(ev.Opened())  # the welcome needs nothing from the broker: it is carried out now
-        self.uncork()
+        self._handle(ev.Opened())  # carried out now (nothing to ask the broker), uncorking both
 
     def data_received(self, data: bytes) -> None:
         self.idle = 0

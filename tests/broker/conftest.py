@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from shared import packets
+from shared import packets, protocol
 from shared.broker import Broker, make_broker
 from shared.broker.base import BotRegistry, FanOut, History, Presence, Revocations
 from shared.keys import Keys
@@ -86,6 +86,11 @@ class Node:
 
 
 MakeNodes = Callable[..., list[Node]]
+
+
+def ephemeral(text: str) -> bytes:
+    """A packet of an event history does not keep (a typing frame), carrying ``text``."""
+    return packets.pack(protocol.encode({"type": "typing", "text": text}))
 
 
 def build_nodes(kind: str, count: int, settings: Settings) -> list[Node]:

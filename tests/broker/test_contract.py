@@ -21,7 +21,7 @@ from shared.broker.redis import RedisFanOut
 from shared.broker.redis_compat import next_event
 from shared.broker.redis_link import CommandPipe
 from shared.models import Bot, BotStatus
-from tests.broker.conftest import TIMEOUT, Event, MakeNodes, Node, redis_info
+from tests.broker.conftest import TIMEOUT, Event, MakeNodes, Node, ephemeral, redis_info
 from tests.procs import scaled
 
 SENDER = {"kind": "user", "id": "alice"}
@@ -31,10 +31,6 @@ MAX_AGE = scaled(0.5)  # history age limit: a message stored just now must outli
 
 def tail(room: str, text: str, reply_to: str | None = None) -> bytes:
     return protocol.message_tail(room, SENDER, text, reply_to)
-
-
-def ephemeral(text: str) -> bytes:
-    return packets.pack(protocol.encode({"type": "typing", "text": text}))
 
 
 def ids(entries: list[tuple[str, bytes]]) -> list[str]:

@@ -7,23 +7,18 @@ import asyncio
 import pytest
 import redis
 
-from shared import packets, protocol
 from shared.broker.base import BrokerUnavailable
 from shared.broker.redis_link import CommandPipe
-from tests.broker.conftest import MakeNodes, redis_info
+from tests.broker.conftest import MakeNodes, ephemeral, redis_info
 
 ROOMS = [f"r{i}" for i in range(50)]
-
-
-def event(text: str) -> bytes:
-    return packets.pack(protocol.encode({"type": "typing", "text": text}))
 
 
 async def test_rooms_subscribed_together_all_deliver(make_nodes: MakeNodes) -> None:
     listener, publisher = make_nodes(2)
     await asyncio.gather(*(listener.fanout.subscribe(room) for room in ROOMS))
     for room in ROOMS:
-        await publisher.fanout.publish(room, event(room))
+        await publisher.fanout.publish(room, ephemeral(room))
     got = sorted([(await listener.next_event()).room for _ in ROOMS])
     assert got == sorted(ROOMS)
 
